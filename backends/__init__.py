@@ -1,0 +1,1 @@
+"""Backends that execute or render compiled models."""

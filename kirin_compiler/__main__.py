@@ -1,0 +1,5 @@
+import sys
+
+from kirin_compiler.cli import main
+
+sys.exit(main())

@@ -1,0 +1,230 @@
+"""``kirinc``: the command-line driver.
+
+``main(argv) -> int`` is what the console script and ``python -m kirin_compiler`` call, and
+what tests call in-process. Errors a user can cause print one line,
+``kirinc: error: <what, where, what to do>``, and exit with status 2; no output file is left
+behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import pathlib
+import sys
+from typing import Sequence
+
+import onnx_ir as ir
+
+from kirin_compiler import __version__, roles
+from kirin_compiler.compiler import DEFAULT_PIPELINE, compile_model
+from kirin_compiler.errors import KirinError, PassFailedError
+from kirin_compiler.format import (
+    KEY_PIPELINE,
+    check_writable,
+    load_model,
+    save_model,
+    source_provenance,
+    stamp_kirin_metadata,
+)
+from kirin_compiler.instruments import DumpDir, PrintChanged, PrintIR, TimePasses, format_table
+from kirin_compiler.printer import format_value_type
+from kirin_compiler.registry import PassRegistry
+
+_SUBCOMMANDS = ("compile", "inspect")
+
+_EPILOG = f"""\
+commands:
+  kirinc [compile] MODEL -o OUT.kirin   compile an ONNX (or .kirin) model (the default command)
+  kirinc inspect FILE                   summarize an ONNX or .kirin file
+
+examples:
+  kirinc model.onnx -o model.kirin
+  kirinc model.onnx -o model.kirin --dump-dir dumps --time-passes
+  kirinc model.onnx -p "canonicalize,count-ops" --load-pass my_passes.py:CountOpsPass
+  kirinc inspect model.kirin
+
+The default pipeline is "{DEFAULT_PIPELINE}". Exit status: 0 on success, 2 on bad input or
+options, 1 when a pass fails.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "inspect":
+            return _inspect(_inspect_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "compile":
+            argv = argv[1:]
+        return _compile(_compile_parser().parse_args(argv))
+    except PassFailedError as error:
+        print(f"kirinc: error: {error}", file=sys.stderr)
+        return 1
+    except KirinError as error:
+        print(f"kirinc: error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader went away (kirinc ... | head): not an error of ours
+        sys.stderr.close()
+        return 0
+
+
+def _compile_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kirinc",
+        description="Compile an LLM into an integer/spike hybrid spiking neural network.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", nargs="?", metavar="MODEL", help="ONNX or .kirin file to compile")
+    parser.add_argument("-o", "--output", metavar="OUT", help="write the compiled .kirin file here")
+    parser.add_argument(
+        "-p", "--passes", default=DEFAULT_PIPELINE, metavar="PIPELINE",
+        help='passes to run, in order: "name,name{option=value,...}" (default: %(default)s)',
+    )
+    parser.add_argument(
+        "--load-pass", action="append", default=[], metavar="MODULE:CLASS",
+        help="register a custom pass from 'package.module:Class' or 'path/to/file.py:Class' "
+        "(repeatable)",
+    )
+    parser.add_argument("--list-passes", action="store_true", help="list the known passes and exit")
+    parser.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    parser.add_argument(
+        "--print-ir-after", action="append", default=[], metavar="NAME",
+        help="print the IR after each run of pass NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--print-changed", action="store_true",
+        help="print a unified diff of the IR dump for every pass that changed it",
+    )
+    parser.add_argument(
+        "--dump-dir", metavar="DIR",
+        help="write numbered text and ONNX dumps (00_input, 01_<pass>, ...) and manifest.json",
+    )
+    parser.add_argument("--time-passes", action="store_true", help="print a table of time per pass")
+    parser.add_argument("--stop-after", metavar="NAME", help="stop the pipeline after pass NAME")
+    parser.add_argument("--version", action="version", version=f"kirinc {__version__}")
+    return parser
+
+
+def _compile(args: argparse.Namespace) -> int:
+    registry = PassRegistry.default()
+    for spec in args.load_pass:
+        registry.load(spec)
+    if args.list_passes:
+        print(_passes_table(registry), end="")
+        return 0
+    if args.input is None:
+        raise KirinError("no input model given; usage: kirinc MODEL -o OUT.kirin (see --help)")
+    passes = registry.parse_pipeline(args.passes)
+    for name in args.print_ir_after:
+        registry[name]  # an unknown name fails here, with the list of known ones
+    if args.output is not None:
+        check_writable(args.output)
+        if pathlib.Path(args.output).resolve() == pathlib.Path(args.input).resolve():
+            raise KirinError(f"output '{args.output}' is the input file; choose another name")
+    instruments = _instruments(args)
+    model = load_model(args.input)
+    compile_model(model, passes, instruments=instruments, stop_after=args.stop_after)
+    if args.output is None:
+        print("kirinc: no -o given: nothing written", file=sys.stderr)
+        return 0
+    stamp_kirin_metadata(model, source_provenance(args.input))
+    save_model(model, args.output)
+    size = pathlib.Path(args.output).stat().st_size
+    print(
+        f"kirinc: wrote {args.output} ({model.graph.num_nodes()} nodes, {size / 1e6:.2f} MB; "
+        f"pipeline {model.metadata_props[KEY_PIPELINE]})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _instruments(args: argparse.Namespace) -> list:
+    instruments: list = []
+    if args.print_ir_after_all or args.print_ir_after:
+        after = None if args.print_ir_after_all else args.print_ir_after
+        instruments.append(PrintIR(sys.stdout, after))
+    if args.print_changed:
+        instruments.append(PrintChanged(sys.stdout))
+    if args.dump_dir:
+        instruments.append(DumpDir(args.dump_dir))
+    if args.time_passes:
+        instruments.append(TimePasses(sys.stdout))
+    return instruments
+
+
+def _passes_table(registry: PassRegistry) -> str:
+    rows = [("pass", "options", "requires", "description")]
+    for pass_class in registry:
+        defaults = pass_class()
+        options = ", ".join(
+            f"{name}: {getattr(kind, '__name__', kind)} = {getattr(defaults, name)}"
+            for name, kind in pass_class.option_types().items()
+        )
+        requires = ", ".join(pass_class.requires_passes)
+        rows.append((pass_class.name, options or "-", requires or "-", pass_class.summary()))
+    return format_table(rows)
+
+
+def _inspect_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kirinc inspect",
+        description="Summarize an ONNX or .kirin file: metadata, pipeline, ops, parameters.",
+    )
+    parser.add_argument("file", metavar="FILE", help="ONNX or .kirin file")
+    return parser
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    model = load_model(args.file)
+    path = pathlib.Path(args.file)
+    print(f"file            {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    print(f"producer        {model.producer_name or '?'} {model.producer_version or ''}".rstrip())
+    opsets = ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in sorted(model.opset_imports.items()))
+    print(f"opsets          {opsets}")
+    for key, value in sorted(model.metadata_props.items()):
+        if key.startswith("kirin.") and value.startswith("{"):
+            value = ", ".join(f"{k}={v}" for k, v in json.loads(value).items())
+        print(f"{key.removeprefix('kirin.'):<15} {value}")
+    for kind, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
+        for value in values:
+            print(f"{kind:<15} {value.name}: {format_value_type(value)}")
+    print()
+    print(_parameters_table(model), end="")
+    print()
+    print(_ops_table(model), end="")
+    return 0
+
+
+def _parameters_table(model: ir.Model) -> str:
+    by_dtype: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None:
+            continue
+        entry = by_dtype[str(tensor.dtype).removeprefix("DataType.").lower()]
+        entry[0] += 1
+        entry[1] += tensor.size
+        entry[2] += tensor.nbytes
+    rows = [("dtype", "tensors", "parameters", "MB")]
+    for dtype, (count, size, nbytes) in sorted(by_dtype.items()):
+        rows.append((dtype, str(count), f"{size:,}", f"{nbytes / 1e6:.2f}"))
+    total = [sum(entry[i] for entry in by_dtype.values()) for i in range(3)]
+    rows.append(("total", str(total[0]), f"{total[1]:,}", f"{total[2] / 1e6:.2f}"))
+    return format_table(rows)
+
+
+def _ops_table(model: ir.Model) -> str:
+    counts: collections.Counter[str] = collections.Counter()
+    role_counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+        counts[op] += 1
+        if roles.role(node) is not None:
+            role_counts[op][roles.role(node)] += 1
+    rows = [("op", "count", "roles")]
+    for op, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        described = ", ".join(f"{r} x{n}" for r, n in sorted(role_counts[op].items()))
+        rows.append((op, str(count), described or "-"))
+    return format_table(rows)

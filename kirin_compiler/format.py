@@ -1,0 +1,189 @@
+"""Reading models, and the ``.kirin`` file format.
+
+A ``.kirin`` file is an ONNX model (it opens in Netron, and its standard parts pass
+``onnx.checker``) that imports the ``ai.kirin`` opset and carries these ``metadata_props``:
+
+=========================  ===============================================================
+``kirin.format_version``   `FORMAT_VERSION`; a reader refuses files newer than it knows
+``kirin.pipeline``         the passes that produced the file, with their options, in the
+                           ``-p`` syntax (``canonicalize,quantize{group=128}``)
+``kirin.source``           provenance of the input: file name, size and sha256 (JSON)
+``kirin.compiler``         ``kirin_compiler <version>``
+=========================  ===============================================================
+
+Loading never executes code: ONNX is a protobuf, and external data is read as raw bytes from
+files inside the model's own folder only. Writing is atomic: the file appears complete or not
+at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pathlib
+import tempfile
+from typing import Iterator
+
+import google.protobuf.message
+import onnx_ir as ir
+
+from kirin_compiler.errors import KirinError
+from kirin_compiler.kirin_ops import KIRIN_DOMAIN, KIRIN_OPSET_VERSION
+from kirin_compiler.verify import VerificationError, verify_model
+
+FORMAT_VERSION = 1
+SUPPORTED_OPSETS = range(17, 24)
+
+KEY_FORMAT_VERSION = "kirin.format_version"
+KEY_PIPELINE = "kirin.pipeline"
+KEY_SOURCE = "kirin.source"
+KEY_COMPILER = "kirin.compiler"
+
+# Weights above this size go to a side file (``model.kirin.data``): protobuf cannot hold more
+# than 2 GiB in one message.
+_EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+def load_model(path: str | os.PathLike) -> ir.Model:
+    """Loads an ONNX or ``.kirin`` file, checking everything a bad file could get wrong."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise KirinError(f"input file '{path}' does not exist")
+    if not path.is_file():
+        raise KirinError(f"input '{path}' is not a file")
+    try:
+        model = ir.load(path)
+    except (google.protobuf.message.DecodeError, RuntimeError, ValueError, OSError) as error:
+        raise KirinError(
+            f"'{path}' is not a readable ONNX model (it may be truncated or another kind of "
+            f"file): {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from None
+    if model.ir_version == 0 or (not model.graph.inputs and not model.graph.outputs):
+        raise KirinError(
+            f"'{path}' is not an ONNX model (no IR version or graph); export the model to ONNX first"
+        )
+    _check_opset(model, path)
+    _check_external_data(model, path)
+    _check_format_version(model, path)
+    try:
+        verify_model(model)
+    except VerificationError as error:
+        raise KirinError(f"'{path}' is a malformed ONNX model: {error}") from None
+    return model
+
+
+def _check_opset(model: ir.Model, path: pathlib.Path) -> None:
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if opset is None:
+        raise KirinError(f"'{path}' imports no standard ONNX opset")
+    if opset not in SUPPORTED_OPSETS:
+        raise KirinError(
+            f"'{path}' uses ONNX opset {opset}; kirin_compiler reads opsets "
+            f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}: re-export with one of them"
+        )
+
+
+def _check_external_data(model: ir.Model, path: pathlib.Path) -> None:
+    folder = path.resolve().parent
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        if not isinstance(tensor, ir.ExternalTensor):
+            continue
+        data_file = (folder / tensor.location).resolve()
+        if not data_file.is_relative_to(folder):
+            raise KirinError(
+                f"initializer '{name}' of '{path}' stores its data at '{tensor.location}', "
+                "outside the model's folder; keep external data beside the model"
+            )
+        if not data_file.is_file():
+            raise KirinError(
+                f"external data file '{tensor.location}' of initializer '{name}' is missing; "
+                f"put it in '{folder}'"
+            )
+        end = (tensor.offset or 0) + (tensor.length or tensor.nbytes)
+        if data_file.stat().st_size < end:
+            raise KirinError(
+                f"external data file '{tensor.location}' is too short for initializer '{name}' "
+                f"(needs {end} bytes); it may be truncated"
+            )
+
+
+def _check_format_version(model: ir.Model, path: pathlib.Path) -> None:
+    version = model.metadata_props.get(KEY_FORMAT_VERSION)
+    if version is not None and (not version.isdigit() or int(version) > FORMAT_VERSION):
+        raise KirinError(
+            f"'{path}' is a .kirin file of format version {version}; this kirin_compiler reads "
+            f"up to version {FORMAT_VERSION}: upgrade kirin_compiler"
+        )
+
+
+def source_provenance(path: str | os.PathLike) -> dict[str, object]:
+    """Identifies an input file by content, not by where it happened to lie."""
+    path = pathlib.Path(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def stamp_kirin_metadata(model: ir.Model, source: dict[str, object]) -> None:
+    """Marks ``model`` as a ``.kirin`` model made from ``source`` (the pipeline that made it is
+    recorded by `kirin_compiler.compile_model`)."""
+    from kirin_compiler import __version__
+
+    model.opset_imports[KIRIN_DOMAIN] = KIRIN_OPSET_VERSION
+    model.producer_name = "kirin_compiler"
+    model.producer_version = __version__
+    model.metadata_props[KEY_FORMAT_VERSION] = str(FORMAT_VERSION)
+    model.metadata_props[KEY_COMPILER] = f"kirin_compiler {__version__}"
+    model.metadata_props[KEY_SOURCE] = json.dumps(source, sort_keys=True)
+
+
+def save_model(model: ir.Model, path: str | os.PathLike) -> None:
+    """Writes ``model`` to ``path`` atomically (a crash leaves no partial file)."""
+    path = pathlib.Path(path)
+    total_bytes = sum(
+        v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
+    )
+    with _atomic_path(path) as temporary:
+        if total_bytes > _EXTERNAL_DATA_THRESHOLD:
+            ir.save(model, temporary, external_data=f"{path.name}.data")
+        else:
+            _embed_external_data(model)
+            ir.save(model, temporary)
+
+
+def _embed_external_data(model: ir.Model) -> None:
+    """Reads weights stored beside the input into memory, so that the output stands alone."""
+    for value in model.graph.initializers.values():
+        if isinstance(value.const_value, ir.ExternalTensor):
+            value.const_value = ir.tensor(value.const_value.numpy(), name=value.name)
+
+
+@contextlib.contextmanager
+def _atomic_path(path: pathlib.Path) -> Iterator[pathlib.Path]:
+    folder = path.parent if str(path.parent) else pathlib.Path(".")
+    check_writable(path)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    os.close(descriptor)
+    temporary_path = pathlib.Path(temporary)
+    try:
+        yield temporary_path
+        os.replace(temporary_path, path)
+    finally:
+        temporary_path.unlink(missing_ok=True)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fails early, before any work, if ``path`` cannot be written."""
+    path = pathlib.Path(path)
+    folder = path.parent if str(path.parent) else pathlib.Path(".")
+    if path.is_dir():
+        raise KirinError(f"output path '{path}' is a directory; give a file name")
+    if not folder.is_dir():
+        raise KirinError(f"cannot write '{path}': folder '{folder}' does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise KirinError(f"cannot write '{path}': permission denied")

@@ -1,0 +1,192 @@
+"""Pass instruments: printing, diffing, dumping and timing around passes (as in TVM and MLIR),
+kept out of the passes themselves."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import pathlib
+from typing import Sequence, TextIO
+
+import onnx_ir as ir
+
+from kirin_compiler.errors import KirinError
+from kirin_compiler.format import save_model
+from kirin_compiler.pass_manager import PassRecord, node_count
+from kirin_compiler.printer import format_model
+
+MANIFEST = "manifest.json"
+
+
+def _banner(title: str) -> str:
+    return f"// ----- {title} ----- //\n"
+
+
+class PrintIR:
+    """Prints the IR after every pass, or after the passes named in ``after``."""
+
+    def __init__(self, stream: TextIO, after: Sequence[str] | None = None) -> None:
+        self.stream = stream
+        self.after = set(after) if after is not None else None
+
+    def run_started(self, model: ir.Model) -> None:
+        pass
+
+    def pass_finished(self, record: PassRecord, model: ir.Model) -> None:
+        if self.after is None or record.name in self.after:
+            changed = "" if record.modified else " (unchanged)"
+            self.stream.write(_banner(f"IR after {record.index:02d} {record.name}{changed}"))
+            self.stream.write(format_model(model))
+
+    def run_finished(self, records: Sequence[PassRecord], model: ir.Model) -> None:
+        pass
+
+
+class PrintChanged:
+    """Prints a unified diff of the IR dump for every pass that changed it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._previous = ""
+        self._previous_label = "00_input"
+
+    def run_started(self, model: ir.Model) -> None:
+        self._previous = format_model(model)
+
+    def pass_finished(self, record: PassRecord, model: ir.Model) -> None:
+        label = f"{record.index:02d}_{record.name}"
+        if record.modified:
+            current = format_model(model)
+            self.stream.write(_banner(f"IR changed by {label}"))
+            self.stream.writelines(
+                difflib.unified_diff(
+                    self._previous.splitlines(keepends=True),
+                    current.splitlines(keepends=True),
+                    fromfile=self._previous_label,
+                    tofile=label,
+                )
+            )
+            self._previous, self._previous_label = current, label
+        else:
+            self.stream.write(_banner(f"{label} left the IR unchanged"))
+
+    def run_finished(self, records: Sequence[PassRecord], model: ir.Model) -> None:
+        pass
+
+
+class DumpDir:
+    """Writes ``00_input.txt``/``.onnx``, ``01_<pass>.txt``/``.onnx``, ... and ``manifest.json``.
+
+    A folder is only ever reused if it is empty or holds an earlier dump (it has our manifest);
+    files of an earlier dump are replaced, nothing else in the folder is touched.
+    """
+
+    def __init__(self, folder: str | pathlib.Path) -> None:
+        self.folder = pathlib.Path(folder)
+        check_dump_dir(self.folder)
+
+    def run_started(self, model: ir.Model) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._remove_previous_dump()
+        self._write("00_input", model)
+
+    def pass_finished(self, record: PassRecord, model: ir.Model) -> None:
+        self._write(f"{record.index:02d}_{record.name}", model)
+
+    def run_finished(self, records: Sequence[PassRecord], model: ir.Model) -> None:
+        manifest = {
+            "tool": "kirin_compiler",
+            "passes": [
+                {
+                    "index": r.index,
+                    "name": r.name,
+                    "spec": r.spec,
+                    "options": r.options,
+                    "modified": r.modified,
+                    "nodes_before": r.nodes_before,
+                    "nodes_after": r.nodes_after,
+                    "seconds": round(r.seconds, 6),
+                    "files": [f"{r.index:02d}_{r.name}.txt", f"{r.index:02d}_{r.name}.onnx"],
+                }
+                for r in records
+            ],
+            "input": {"files": ["00_input.txt", "00_input.onnx"], "nodes": self._input_nodes},
+        }
+        (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    def _write(self, stem: str, model: ir.Model) -> None:
+        if stem == "00_input":
+            self._input_nodes = node_count(model)
+        (self.folder / f"{stem}.txt").write_text(format_model(model))
+        save_model(model, self.folder / f"{stem}.onnx")
+
+    def _remove_previous_dump(self) -> None:
+        manifest = self.folder / MANIFEST
+        if not manifest.exists():
+            return
+        previous = json.loads(manifest.read_text())
+        entries = [previous.get("input", {})] + previous.get("passes", [])
+        for name in [f for entry in entries for f in entry.get("files", [])] + [MANIFEST]:
+            (self.folder / pathlib.Path(name).name).unlink(missing_ok=True)
+
+
+def check_dump_dir(folder: pathlib.Path) -> None:
+    """Refuses a folder that holds anything but an earlier kirin dump."""
+    if folder.exists() and not folder.is_dir():
+        raise KirinError(f"--dump-dir '{folder}' is a file, not a folder")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    manifest = folder / MANIFEST
+    try:
+        is_dump = json.loads(manifest.read_text()).get("tool") == "kirin_compiler"
+    except (OSError, ValueError, AttributeError):
+        is_dump = False
+    if not is_dump:
+        raise KirinError(
+            f"--dump-dir '{folder}' is not empty and holds no earlier kirin dump; "
+            "choose an empty or new folder"
+        )
+
+
+class TimePasses:
+    """Prints a table of wall time per pass at the end of the run."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def run_started(self, model: ir.Model) -> None:
+        pass
+
+    def pass_finished(self, record: PassRecord, model: ir.Model) -> None:
+        pass
+
+    def run_finished(self, records: Sequence[PassRecord], model: ir.Model) -> None:
+        total = sum(r.seconds for r in records) or 1e-12
+        rows = [("#", "pass", "seconds", "share", "nodes", "modified")]
+        for r in records:
+            rows.append(
+                (
+                    f"{r.index:02d}",
+                    r.name,
+                    f"{r.seconds:.3f}",
+                    f"{100 * r.seconds / total:.1f}%",
+                    f"{r.nodes_before} -> {r.nodes_after}",
+                    "yes" if r.modified else "no",
+                )
+            )
+        rows.append(("", "total", f"{sum(r.seconds for r in records):.3f}", "100.0%", "", ""))
+        self.stream.write(_banner("pass timing"))
+        self.stream.write(format_table(rows))
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned text columns, numbers right-aligned; the first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+
+    def cell(text: str, width: int) -> str:
+        numeric = text[:1].isdigit() or text[:1] == "-" and text[1:2].isdigit()
+        return text.rjust(width) if numeric else text.ljust(width)
+
+    lines = ["  ".join(cell(c, w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
