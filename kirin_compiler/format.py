@@ -172,9 +172,16 @@ def _atomic_path(path: pathlib.Path) -> Iterator[pathlib.Path]:
     temporary_path = pathlib.Path(temporary)
     try:
         yield temporary_path
+        os.chmod(temporary_path, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary only
         os.replace(temporary_path, path)
     finally:
         temporary_path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_writable(path: str | os.PathLike) -> None:

@@ -209,26 +209,32 @@ def _decompose_attention(graph: ir.Graph, node: ir.Node, scopes: dict[ir.Node, s
     tape = ir.tape.Tape(graph)
     q_heads = node.attributes.get_int("q_num_heads")
     kv_heads = node.attributes.get_int("kv_num_heads")
-    if rank == 3:
-        if not q_heads or not kv_heads:
-            raise UnsupportedOpError(node.name, op, "3-D inputs need q_num_heads and kv_num_heads")
-        q, k, v = (_split_heads(graph, tape, x, h) for x, h in ((q, q_heads), (k, kv_heads), (v, kv_heads)))
-    else:
+    if rank == 4:
         q_heads, kv_heads = _static_dim(q, 1), _static_dim(k, 1)
-    head_size = _static_dim(q, -1)
-    if q_heads is None or kv_heads is None or head_size is None or q_heads % kv_heads:
+    sizes = [_head_size(x, heads, rank) for x, heads in ((q, q_heads), (k, kv_heads), (v, kv_heads))]
+    if q_heads is None or kv_heads is None or None in sizes or q_heads % kv_heads:
         raise UnsupportedOpError(
             node.name, op, "needs static head counts (query heads a multiple of key/value heads) "
-            "and a static head size"
+            "and static head sizes"
+        )
+    head_size, key_size, value_size = sizes
+    if rank == 3:
+        q, k, v = (
+            _split_heads(graph, tape, x, h)
+            for x, h in ((q, q_heads), (k, kv_heads), (v, kv_heads))
         )
     if q_heads != kv_heads:
-        k = _repeat_heads(graph, tape, k, q_heads // kv_heads, q_heads)
-        v = _repeat_heads(graph, tape, v, q_heads // kv_heads, q_heads)
+        k = _repeat_heads(graph, tape, k, q_heads // kv_heads, q_heads, key_size)
+        v = _repeat_heads(graph, tape, v, q_heads // kv_heads, q_heads, value_size)
     scale = node.attributes.get_float("scale", 1.0 / math.sqrt(head_size))
 
     key_t = tape.op("Transpose", [k], {"perm": [0, 1, 3, 2]})
     scores = tape.op("MatMul", [q, key_t])
     scores = tape.op("Mul", [scores, _constant(graph, np.asarray(scale, np.float32), "scale")])
+    softcap = node.attributes.get_float("softcap", 0.0)
+    if softcap > 0:
+        cap = _constant(graph, np.asarray(softcap, np.float32), "softcap")
+        scores = tape.op("Mul", [tape.op("Tanh", [tape.op("Div", [scores, cap])]), cap])
     minus_inf = _constant(graph, np.asarray(-np.inf, np.float32), "minus_inf")
     if node.attributes.get_int("is_causal", 0):
         allowed = tape.op(
@@ -243,10 +249,6 @@ def _decompose_attention(graph: ir.Graph, node: ir.Node, scopes: dict[ir.Node, s
             scores = tape.op("Where", [mask, scores, minus_inf])
         else:
             scores = tape.op("Add", [scores, mask])
-    softcap = node.attributes.get_float("softcap", 0.0)
-    if softcap > 0:
-        cap = _constant(graph, np.asarray(softcap, np.float32), "softcap")
-        scores = tape.op("Mul", [tape.op("Tanh", [tape.op("Div", [scores, cap])]), cap])
     probs = tape.op("Softmax", [scores], {"axis": -1})
     # A fully masked row is all -inf: Softmax gives NaN there, the Attention spec gives 0.
     zero = _constant(graph, np.asarray(0.0, np.float32), "zero")
@@ -268,6 +270,13 @@ def _static_dim(value: ir.Value, axis: int) -> int | None:
     return dim if isinstance(dim, int) else None
 
 
+def _head_size(value: ir.Value, heads: int | None, rank: int) -> int | None:
+    size = _static_dim(value, -1)
+    if rank == 4 or size is None or not heads:
+        return size
+    return size // heads if size % heads == 0 else None
+
+
 def _split_heads(graph: ir.Graph, tape: ir.tape.Tape, x: ir.Value, heads: int) -> ir.Value:
     """[B, S, H*D] -> [B, H, S, D]."""
     shape = _constant(graph, np.array([0, 0, heads, -1], np.int64), "shape")
@@ -275,10 +284,9 @@ def _split_heads(graph: ir.Graph, tape: ir.tape.Tape, x: ir.Value, heads: int) -
 
 
 def _repeat_heads(
-    graph: ir.Graph, tape: ir.tape.Tape, x: ir.Value, repeats: int, heads: int
+    graph: ir.Graph, tape: ir.tape.Tape, x: ir.Value, repeats: int, heads: int, head_size: int
 ) -> ir.Value:
     """[B, Hkv, S, D] -> [B, Hkv * repeats, S, D], each key/value head repeated in place."""
-    head_size = _static_dim(x, -1)
     axis = _constant(graph, np.array([2], np.int64), "axes")
     expand = _constant(graph, np.array([1, 1, repeats, 1, 1], np.int64), "repeats")
     shape = _constant(graph, np.array([0, heads, -1, head_size], np.int64), "shape")

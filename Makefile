@@ -1,0 +1,29 @@
+# Everything installs into .venv, from nothing: `make demo` and `make test` work on a fresh clone.
+# torch is installed first and exactly as torch==2.13.0 (a CPU wheel lies on this machine's
+# disk); any other spelling lets pip pull a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -c "import torch; assert torch.version.cuda is None, 'a CUDA build of torch was installed'"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p build
+	$(VENV)/bin/kirinc models/tiny_llama.onnx -o build/tiny_llama.kirin --dump-dir build/dumps --time-passes
+	$(VENV)/bin/kirinc inspect build/tiny_llama.kirin
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build

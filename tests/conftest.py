@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny Hugging Face models built from a seed and exported both ways.
+
+Nothing is downloaded: the models are random-init Llama and OPT configurations, exported once
+per test session by the dynamo exporter (``torch.onnx.export(dynamo=True)``) and by the
+TorchScript exporter (``dynamo=False``), at several opsets.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import warnings
+
+import numpy as np
+import pytest
+
+VOCAB = 128
+EXPORT_LENGTH = 8
+
+
+def tiny_hf_model(family: str):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    if family == "llama":
+        config = transformers.LlamaConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        )
+        return transformers.LlamaForCausalLM(config).eval()
+    if family == "opt":
+        config = transformers.OPTConfig(
+            vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
+        )
+        return transformers.OPTForCausalLM(config).eval()
+    raise ValueError(family)
+
+
+def export_file(family: str, exporter: str, opset: int, folder: pathlib.Path) -> pathlib.Path:
+    """Exports a tiny ``family`` model with ``exporter`` ("dynamo" or "torchscript")."""
+    import torch
+
+    from kirin_compiler.frontend import LogitsOnly
+
+    path = folder / f"{family}_{exporter}_{opset}.onnx"
+    module = LogitsOnly(tiny_hf_model(family)).eval()
+    ids = torch.from_numpy(token_ids((1, EXPORT_LENGTH)))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            torch.onnx.export(
+                module, (ids,), path, dynamo=True, opset_version=opset,
+                input_names=["input_ids"], output_names=["logits"],
+            )
+        else:
+            torch.onnx.export(
+                module, (ids,), path, dynamo=False, opset_version=opset,
+                input_names=["input_ids"], output_names=["logits"],
+                dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}},
+            )
+    return path
+
+
+def token_ids(shape: tuple[int, int], seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, VOCAB, shape).astype(np.int64)
+
+
+EXPORTS = [
+    (family, exporter, opset)
+    for family in ("llama", "opt")
+    for exporter in ("dynamo", "torchscript")
+    for opset in (17, 20, 23)
+]
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("exports")
+
+
+@pytest.fixture(scope="session")
+def exported(export_dir):
+    """``exported(family, exporter, opset)`` -> path of the export, made once per session."""
+    cache: dict[tuple[str, str, int], pathlib.Path] = {}
+
+    def get(family: str, exporter: str, opset: int) -> pathlib.Path:
+        key = (family, exporter, opset)
+        if key not in cache:
+            cache[key] = export_file(family, exporter, opset, export_dir)
+        return cache[key]
+
+    return get
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_LLAMA = REPO / "models" / "tiny_llama.onnx"
