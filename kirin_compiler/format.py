@@ -148,12 +148,15 @@ def save_model(model: ir.Model, path: str | os.PathLike) -> None:
     total_bytes = sum(
         v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
     )
-    with _atomic_path(path) as temporary:
-        if total_bytes > _EXTERNAL_DATA_THRESHOLD:
-            ir.save(model, temporary, external_data=f"{path.name}.data")
-        else:
-            _embed_external_data(model)
-            ir.save(model, temporary)
+    try:
+        with _atomic_path(path) as temporary:
+            if total_bytes > _EXTERNAL_DATA_THRESHOLD:
+                ir.save(model, temporary, external_data=f"{path.name}.data")
+            else:
+                _embed_external_data(model)
+                ir.save(model, temporary)
+    except OSError as error:
+        raise KirinError(f"cannot write '{path}': {error.strerror or error}") from error
 
 
 def _embed_external_data(model: ir.Model) -> None:
