@@ -142,15 +142,23 @@ def stamp_kirin_metadata(model: ir.Model, source: dict[str, object]) -> None:
     model.metadata_props[KEY_SOURCE] = json.dumps(source, sort_keys=True)
 
 
-def save_model(model: ir.Model, path: str | os.PathLike) -> None:
-    """Writes ``model`` to ``path`` atomically (a crash leaves no partial file)."""
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike,
+    external_data_threshold: int = _EXTERNAL_DATA_THRESHOLD,
+) -> None:
+    """Writes ``model`` to ``path`` atomically (a crash leaves no partial file).
+
+    Models whose weights exceed ``external_data_threshold`` bytes keep them in
+    ``<path>.data`` beside the file; smaller ones are one self-contained file.
+    """
     path = pathlib.Path(path)
     total_bytes = sum(
         v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
     )
     try:
         with _atomic_path(path) as temporary:
-            if total_bytes > _EXTERNAL_DATA_THRESHOLD:
+            if total_bytes > external_data_threshold:
                 ir.save(model, temporary, external_data=f"{path.name}.data")
             else:
                 _embed_external_data(model)

@@ -1,0 +1,90 @@
+"""Loading ONNX files and the .kirin format: round trips, metadata, external data, refusals."""
+
+from __future__ import annotations
+
+import shutil
+
+import onnx
+import pytest
+from conftest import TINY_LLAMA, token_ids
+
+from kirin_compiler import KirinError, compile_model, format_model, load_model, save_model
+from kirin_compiler.backends import onnxruntime as ort_backend
+from kirin_compiler.format import FORMAT_VERSION, source_provenance, stamp_kirin_metadata
+
+
+def compiled_tiny_llama():
+    model = load_model(TINY_LLAMA)
+    compile_model(model)
+    stamp_kirin_metadata(model, source_provenance(TINY_LLAMA))
+    return model
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = compiled_tiny_llama()
+    save_model(model, tmp_path / "a.kirin")
+    loaded = load_model(tmp_path / "a.kirin")
+    assert format_model(loaded) == format_model(model)
+    save_model(loaded, tmp_path / "b.kirin")
+    assert (tmp_path / "a.kirin").read_bytes() == (tmp_path / "b.kirin").read_bytes()
+
+
+def test_kirin_file_is_valid_onnx_with_the_kirin_opset(tmp_path):
+    save_model(compiled_tiny_llama(), tmp_path / "a.kirin")
+    proto = onnx.load(tmp_path / "a.kirin")
+    onnx.checker.check_model(proto, full_check=True)
+    assert {o.domain: o.version for o in proto.opset_import}["ai.kirin"] == 1
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert metadata["kirin.format_version"] == str(FORMAT_VERSION)
+    assert metadata["kirin.pipeline"] == "canonicalize"
+    assert metadata["kirin.compiler"].startswith("kirin_compiler ")
+    assert '"file": "tiny_llama.onnx"' in metadata["kirin.source"]
+
+
+def test_newer_format_versions_are_refused(tmp_path):
+    model = compiled_tiny_llama()
+    model.metadata_props["kirin.format_version"] = str(FORMAT_VERSION + 1)
+    save_model(model, tmp_path / "future.kirin")
+    with pytest.raises(KirinError, match="format version 2; this kirin_compiler reads up to version 1"):
+        load_model(tmp_path / "future.kirin")
+
+
+def test_opsets_outside_17_to_23_are_refused(tmp_path):
+    proto = onnx.load(TINY_LLAMA)
+    for opset in proto.opset_import:
+        if opset.domain == "":
+            opset.version = 13
+    onnx.save(proto, tmp_path / "old.onnx")
+    with pytest.raises(KirinError, match="uses ONNX opset 13; kirin_compiler reads opsets 17-23"):
+        load_model(tmp_path / "old.onnx")
+
+
+def test_weights_in_external_data_are_read_and_embedded(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    proto = onnx.load(TINY_LLAMA)
+    onnx.save(proto, source / "model.onnx", save_as_external_data=True, location="model.data",
+              size_threshold=0)
+    model = load_model(source / "model.onnx")
+    compile_model(model)
+    save_model(model, tmp_path / "standalone.kirin")
+    shutil.rmtree(source)  # the compiled file must not need the input's data file
+    feed = {"input_ids": token_ids((1, 6))}
+    reference = ort_backend.run(load_model(TINY_LLAMA), feed)[0]
+    assert abs(ort_backend.run(load_model(tmp_path / "standalone.kirin"), feed)[0] - reference).max() <= 1e-5
+
+
+def test_large_models_keep_weights_in_a_side_file(tmp_path):
+    model = compiled_tiny_llama()
+    save_model(model, tmp_path / "big.kirin", external_data_threshold=1000)
+    assert (tmp_path / "big.kirin.data").stat().st_size > 400_000
+    assert (tmp_path / "big.kirin").stat().st_size < 100_000
+    loaded = load_model(tmp_path / "big.kirin")
+    feed = {"input_ids": token_ids((1, 6))}
+    assert abs(ort_backend.run(loaded, feed)[0] - ort_backend.run(model, feed)[0]).max() == 0
+
+
+def test_source_provenance_identifies_content_not_location(tmp_path):
+    copy = tmp_path / "tiny_llama.onnx"
+    shutil.copy(TINY_LLAMA, copy)
+    assert source_provenance(copy) == source_provenance(TINY_LLAMA)
