@@ -5,7 +5,8 @@ The Python API in one place:
 - `load_model` reads ONNX and ``.kirin`` files; `export_torch` and `export_causal_lm` turn a
   torch module (Hugging Face Llama, OPT, ...) into the IR;
 - `PassRegistry` knows the passes, `PassManager` runs them;
-- `compile_model` runs a pipeline and `save_model` writes a ``.kirin`` file;
+- `compile_model` runs a pipeline; `save_kirin` writes a ``.kirin`` file, `save_model` a plain
+  ONNX file;
 - `format_model` prints the IR as text.
 """
 
@@ -15,7 +16,7 @@ __version__ = "0.1.0"
 
 from kirin_compiler.compiler import DEFAULT_PIPELINE, compile_model
 from kirin_compiler.errors import KirinError
-from kirin_compiler.format import load_model, save_model
+from kirin_compiler.format import load_model, save_kirin, save_model
 from kirin_compiler.pass_manager import Pass, PassManager, PassRecord
 from kirin_compiler.printer import format_model
 from kirin_compiler.registry import PassRegistry
@@ -43,5 +44,6 @@ __all__ = [
     "export_torch",
     "format_model",
     "load_model",
+    "save_kirin",
     "save_model",
 ]

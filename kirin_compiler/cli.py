@@ -24,9 +24,8 @@ from kirin_compiler.format import (
     KEY_PIPELINE,
     check_writable,
     load_model,
-    save_model,
+    save_kirin,
     source_provenance,
-    stamp_kirin_metadata,
 )
 from kirin_compiler.instruments import DumpDir, PrintChanged, PrintIR, TimePasses, format_table
 from kirin_compiler.printer import format_value_type
@@ -129,8 +128,7 @@ def _compile(args: argparse.Namespace) -> int:
     if args.output is None:
         print("kirinc: no -o given: nothing written", file=sys.stderr)
         return 0
-    stamp_kirin_metadata(model, source_provenance(args.input))
-    save_model(model, args.output)
+    save_kirin(model, args.output, source_provenance(args.input))
     size = pathlib.Path(args.output).stat().st_size
     print(
         f"kirinc: wrote {args.output} ({model.graph.num_nodes()} nodes, {size / 1e6:.2f} MB; "

@@ -129,9 +129,9 @@ def source_provenance(path: str | os.PathLike) -> dict[str, object]:
     return {"file": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def stamp_kirin_metadata(model: ir.Model, source: dict[str, object]) -> None:
-    """Marks ``model`` as a ``.kirin`` model made from ``source`` (the pipeline that made it is
-    recorded by `kirin_compiler.compile_model`)."""
+def stamp_kirin_metadata(model: ir.Model, source: dict[str, object] | None = None) -> None:
+    """Marks ``model`` as a ``.kirin`` model, made from ``source`` if given (the pipeline that
+    made it is recorded by `kirin_compiler.compile_model`)."""
     from kirin_compiler import __version__
 
     model.opset_imports[KIRIN_DOMAIN] = KIRIN_OPSET_VERSION
@@ -139,7 +139,16 @@ def stamp_kirin_metadata(model: ir.Model, source: dict[str, object]) -> None:
     model.producer_version = __version__
     model.metadata_props[KEY_FORMAT_VERSION] = str(FORMAT_VERSION)
     model.metadata_props[KEY_COMPILER] = f"kirin_compiler {__version__}"
-    model.metadata_props[KEY_SOURCE] = json.dumps(source, sort_keys=True)
+    if source is not None:
+        model.metadata_props[KEY_SOURCE] = json.dumps(source, sort_keys=True)
+
+
+def save_kirin(
+    model: ir.Model, path: str | os.PathLike, source: dict[str, object] | None = None
+) -> None:
+    """Writes ``model`` as a ``.kirin`` file (see the module docstring), atomically."""
+    stamp_kirin_metadata(model, source)
+    save_model(model, path)
 
 
 def save_model(

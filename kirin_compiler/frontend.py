@@ -7,13 +7,14 @@ already an `onnx_ir.Model`, so nothing is written to disk.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 import onnx_ir as ir
 import torch
 
 from kirin_compiler.errors import KirinError
-from kirin_compiler.format import SUPPORTED_OPSETS
+from kirin_compiler.format import KEY_SOURCE, SUPPORTED_OPSETS
 from kirin_compiler.verify import verify_model
 
 
@@ -45,7 +46,14 @@ def export_torch(
     )
     model = program.model
     verify_model(model)
+    _record_source(model, type(module).__qualname__, opset)
     return model
+
+
+def _record_source(model: ir.Model, module_name: str, opset: int) -> None:
+    """Provenance for the ``.kirin`` file: what was exported, and how."""
+    source = {"exporter": "torch.onnx.export(dynamo=True)", "module": module_name, "opset": opset}
+    model.metadata_props[KEY_SOURCE] = json.dumps(source, sort_keys=True)
 
 
 def export_causal_lm(model: Any, example_input_ids: Any, *, opset: int = 18) -> ir.Model:
@@ -54,7 +62,7 @@ def export_causal_lm(model: Any, example_input_ids: Any, *, opset: int = 18) -> 
     wrapper = LogitsOnly(model).eval()
     batch, sequence = torch.export.Dim("batch", max=64), torch.export.Dim("sequence", max=4096)
     with torch.no_grad():
-        return export_torch(
+        exported = export_torch(
             wrapper,
             (example_input_ids,),
             opset=opset,
@@ -62,6 +70,8 @@ def export_causal_lm(model: Any, example_input_ids: Any, *, opset: int = 18) -> 
             output_names=["logits"],
             dynamic_shapes=({0: batch, 1: sequence},),
         )
+    _record_source(exported, type(model).__qualname__, opset)
+    return exported
 
 
 class LogitsOnly(torch.nn.Module):

@@ -8,21 +8,27 @@ import onnx
 import pytest
 from conftest import TINY_LLAMA, token_ids
 
-from kirin_compiler import KirinError, compile_model, format_model, load_model, save_model
+from kirin_compiler import (
+    KirinError,
+    compile_model,
+    format_model,
+    load_model,
+    save_kirin,
+    save_model,
+)
 from kirin_compiler.backends import onnxruntime as ort_backend
-from kirin_compiler.format import FORMAT_VERSION, source_provenance, stamp_kirin_metadata
+from kirin_compiler.format import FORMAT_VERSION, source_provenance
 
 
 def compiled_tiny_llama():
     model = load_model(TINY_LLAMA)
     compile_model(model)
-    stamp_kirin_metadata(model, source_provenance(TINY_LLAMA))
     return model
 
 
 def test_save_and_load_round_trip(tmp_path):
     model = compiled_tiny_llama()
-    save_model(model, tmp_path / "a.kirin")
+    save_kirin(model, tmp_path / "a.kirin", source_provenance(TINY_LLAMA))
     loaded = load_model(tmp_path / "a.kirin")
     assert format_model(loaded) == format_model(model)
     save_model(loaded, tmp_path / "b.kirin")
@@ -30,7 +36,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_kirin_file_is_valid_onnx_with_the_kirin_opset(tmp_path):
-    save_model(compiled_tiny_llama(), tmp_path / "a.kirin")
+    save_kirin(compiled_tiny_llama(), tmp_path / "a.kirin", source_provenance(TINY_LLAMA))
     proto = onnx.load(tmp_path / "a.kirin")
     onnx.checker.check_model(proto, full_check=True)
     assert {o.domain: o.version for o in proto.opset_import}["ai.kirin"] == 1
@@ -43,6 +49,7 @@ def test_kirin_file_is_valid_onnx_with_the_kirin_opset(tmp_path):
 
 def test_newer_format_versions_are_refused(tmp_path):
     model = compiled_tiny_llama()
+    save_kirin(model, tmp_path / "future.kirin")
     model.metadata_props["kirin.format_version"] = str(FORMAT_VERSION + 1)
     save_model(model, tmp_path / "future.kirin")
     with pytest.raises(KirinError, match="format version 2; this kirin_compiler reads up to version 1"):

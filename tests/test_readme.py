@@ -1,0 +1,21 @@
+"""The README's Python example runs as written."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import REPO
+
+from kirin_compiler import load_model
+
+
+def test_readme_python_example(tmp_path, monkeypatch, capsys):
+    readme = (REPO / "README.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102
+    assert "role=attn-qk" in capsys.readouterr().out
+    model = load_model(tmp_path / "llama.kirin")
+    assert model.metadata_props["kirin.pipeline"] == "canonicalize"
+    assert model.metadata_props["kirin.format_version"] == "1"
+    assert '"module": "LlamaForCausalLM"' in model.metadata_props["kirin.source"]
