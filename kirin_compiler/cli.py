@@ -22,14 +22,16 @@ from kirin_compiler.compiler import DEFAULT_PIPELINE, compile_model
 from kirin_compiler.errors import KirinError, PassFailedError
 from kirin_compiler.format import (
     KEY_PIPELINE,
+    KEY_SOURCE,
     check_writable,
     load_model,
     save_kirin,
     source_provenance,
 )
 from kirin_compiler.instruments import DumpDir, PrintChanged, PrintIR, TimePasses, format_table
+from kirin_compiler.pass_manager import format_option, node_count
 from kirin_compiler.printer import format_value_type
-from kirin_compiler.registry import PassRegistry
+from kirin_compiler.registry import PassRegistry, type_name
 
 _SUBCOMMANDS = ("compile", "inspect")
 
@@ -116,8 +118,13 @@ def _compile(args: argparse.Namespace) -> int:
     if args.input is None:
         raise KirinError("no input model given; usage: kirinc MODEL -o OUT.kirin (see --help)")
     passes = registry.parse_pipeline(args.passes)
+    names = [p.name for p in passes]
     for name in args.print_ir_after:
         registry[name]  # an unknown name fails here, with the list of known ones
+        if name not in names:
+            raise KirinError(
+                f"--print-ir-after '{name}': the pipeline ({', '.join(names)}) does not run it"
+            )
     if args.output is not None:
         check_writable(args.output)
         if pathlib.Path(args.output).resolve() == pathlib.Path(args.input).resolve():
@@ -128,10 +135,12 @@ def _compile(args: argparse.Namespace) -> int:
     if args.output is None:
         print("kirinc: no -o given: nothing written", file=sys.stderr)
         return 0
-    save_kirin(model, args.output, source_provenance(args.input))
+    # A .kirin input keeps the provenance of the model it was first compiled from.
+    source = None if KEY_SOURCE in model.metadata_props else source_provenance(args.input)
+    save_kirin(model, args.output, source)
     size = pathlib.Path(args.output).stat().st_size
     print(
-        f"kirinc: wrote {args.output} ({model.graph.num_nodes()} nodes, {size / 1e6:.2f} MB; "
+        f"kirinc: wrote {args.output} ({node_count(model)} nodes, {size / 1e6:.2f} MB; "
         f"pipeline {model.metadata_props[KEY_PIPELINE]})",
         file=sys.stderr,
     )
@@ -157,7 +166,7 @@ def _passes_table(registry: PassRegistry) -> str:
     for pass_class in registry:
         defaults = pass_class()
         options = ", ".join(
-            f"{name}: {getattr(kind, '__name__', kind)} = {getattr(defaults, name)}"
+            f"{name}: {type_name(kind)} = {format_option(getattr(defaults, name))}"
             for name, kind in pass_class.option_types().items()
         )
         requires = ", ".join(pass_class.requires_passes)

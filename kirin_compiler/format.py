@@ -7,7 +7,8 @@ A ``.kirin`` file is an ONNX model (it opens in Netron, and its standard parts p
 ``kirin.format_version``   `FORMAT_VERSION`; a reader refuses files newer than it knows
 ``kirin.pipeline``         the passes that produced the file, with their options, in the
                            ``-p`` syntax (``canonicalize,quantize{group=128}``)
-``kirin.source``           provenance of the input: file name, size and sha256 (JSON)
+``kirin.source``           provenance of the input (JSON): file name, size and sha256 for a
+                           file; exporter, module class and opset for a torch module
 ``kirin.compiler``         ``kirin_compiler <version>``
 =========================  ===============================================================
 
@@ -71,6 +72,8 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         verify_model(model)
     except VerificationError as error:
         raise KirinError(f"'{path}' is a malformed ONNX model: {error}") from None
+    except KirinError as error:
+        raise KirinError(f"'{path}': {error}") from None
     return model
 
 

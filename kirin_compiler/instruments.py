@@ -3,6 +3,7 @@ kept out of the passes themselves."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import pathlib
@@ -77,48 +78,40 @@ class PrintChanged:
 class DumpDir:
     """Writes ``00_input.txt``/``.onnx``, ``01_<pass>.txt``/``.onnx``, ... and ``manifest.json``.
 
-    A folder is only ever reused if it is empty or holds an earlier dump (it has our manifest);
-    files of an earlier dump are replaced, nothing else in the folder is touched.
+    The manifest is rewritten after every file, so that a run that fails halfway leaves a
+    folder that says what it holds (and can be reused). A folder is only ever reused if it is
+    empty or holds an earlier dump; files of an earlier dump are replaced, nothing else in the
+    folder is touched.
     """
 
     def __init__(self, folder: str | pathlib.Path) -> None:
         self.folder = pathlib.Path(folder)
         check_dump_dir(self.folder)
+        self._manifest: dict = {"tool": "kirin_compiler", "input": {}, "passes": []}
 
     def run_started(self, model: ir.Model) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._remove_previous_dump()
-        self._write("00_input", model)
+        self._manifest["input"] = {"files": self._write("00_input", model), "nodes": node_count(model)}
+        self._write_manifest()
 
     def pass_finished(self, record: PassRecord, model: ir.Model) -> None:
-        self._write(f"{record.index:02d}_{record.name}", model)
+        entry = dataclasses.asdict(record)
+        entry["seconds"] = round(record.seconds, 6)
+        entry["files"] = self._write(f"{record.index:02d}_{record.name}", model)
+        self._manifest["passes"].append(entry)
+        self._write_manifest()
 
     def run_finished(self, records: Sequence[PassRecord], model: ir.Model) -> None:
-        manifest = {
-            "tool": "kirin_compiler",
-            "passes": [
-                {
-                    "index": r.index,
-                    "name": r.name,
-                    "spec": r.spec,
-                    "options": r.options,
-                    "modified": r.modified,
-                    "nodes_before": r.nodes_before,
-                    "nodes_after": r.nodes_after,
-                    "seconds": round(r.seconds, 6),
-                    "files": [f"{r.index:02d}_{r.name}.txt", f"{r.index:02d}_{r.name}.onnx"],
-                }
-                for r in records
-            ],
-            "input": {"files": ["00_input.txt", "00_input.onnx"], "nodes": self._input_nodes},
-        }
-        (self.folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        pass
 
-    def _write(self, stem: str, model: ir.Model) -> None:
-        if stem == "00_input":
-            self._input_nodes = node_count(model)
+    def _write(self, stem: str, model: ir.Model) -> list[str]:
         (self.folder / f"{stem}.txt").write_text(format_model(model))
         save_model(model, self.folder / f"{stem}.onnx")
+        return [f"{stem}.txt", f"{stem}.onnx"]
+
+    def _write_manifest(self) -> None:
+        (self.folder / MANIFEST).write_text(json.dumps(self._manifest, indent=2) + "\n")
 
     def _remove_previous_dump(self) -> None:
         manifest = self.folder / MANIFEST

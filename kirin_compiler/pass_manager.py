@@ -37,7 +37,7 @@ class Pass(ir.passes.InPlacePass):
 
     def spec(self) -> str:
         """The pass with all its options, in pipeline syntax: ``quantize{group=128}``."""
-        options = [f"{k}={_format_option(v)}" for k, v in self.options().items()]
+        options = [f"{k}={format_option(v)}" for k, v in self.options().items()]
         return f"{self.name}{{{','.join(options)}}}" if options else self.name
 
     def options(self) -> dict[str, object]:
@@ -54,7 +54,8 @@ class Pass(ir.passes.InPlacePass):
         return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _format_option(value: object) -> str:
+def format_option(value: object) -> str:
+    """An option value as written in a pipeline (``true``, ``0.5``, ``exact``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -79,7 +80,7 @@ class PassRecord:
 
 
 class Instrument(Protocol):
-    """Observes a pipeline run. Every method is optional in spirit; implement all three."""
+    """Observes a pipeline run; the pass manager calls all three methods."""
 
     def run_started(self, model: ir.Model) -> None: ...
 
@@ -103,7 +104,7 @@ class PassManager:
             names = [p.name for p in self.passes]
             if stop_after not in names:
                 raise KirinError(
-                    f"--stop-after '{stop_after}' names no pass of the pipeline "
+                    f"stop after '{stop_after}': no pass of the pipeline has that name "
                     f"({', '.join(names) or 'empty'})"
                 )
             self.passes = self.passes[: names.index(stop_after) + 1]
@@ -159,6 +160,6 @@ class PassManager:
             raise PassFailedError(pass_.name, ran_before, f"{type(error).__name__}: {error}") from error
         try:
             verify_model(result.model)
-        except VerificationError as error:
+        except (VerificationError, KirinError) as error:  # e.g. an op no backend knows
             raise PassFailedError(pass_.name, ran_before, f"the IR does not verify: {error}") from error
         return result.modified

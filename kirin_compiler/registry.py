@@ -14,6 +14,7 @@ pass's dataclass field.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -105,7 +106,10 @@ class PassRegistry:
 
     def parse_pipeline(self, text: str) -> list[Pass]:
         """``"canonicalize,my-pass{alpha=0.5}"`` -> pass instances, in order."""
-        return [self.instantiate(name, options) for name, options in split_pipeline(text)]
+        items = split_pipeline(text)
+        if not items:
+            raise KirinError("the pipeline is empty; name at least one pass (see --list-passes)")
+        return [self.instantiate(name, options) for name, options in items]
 
     def instantiate(self, name: str, raw_options: dict[str, str]) -> Pass:
         pass_class = self[name]
@@ -113,7 +117,7 @@ class PassRegistry:
         options = {}
         for key, raw in raw_options.items():
             if key not in types:
-                known = ", ".join(f"{k}: {_type_name(t)}" for k, t in types.items()) or "none"
+                known = ", ".join(f"{k}: {type_name(t)}" for k, t in types.items()) or "none"
                 raise KirinError(f"pass '{name}' has no option '{key}' (options: {known})")
             options[key] = _parse_value(name, key, raw, types[key])
         return pass_class(**options)
@@ -135,10 +139,12 @@ def split_pipeline(text: str) -> list[tuple[str, dict[str, str]]]:
         name, body = match.group(1), match.group(2)
         options: dict[str, str] = {}
         for item in filter(None, (part.strip() for part in (body or "").split(","))):
-            key, equals, value = item.partition("=")
-            if not equals or not key.strip():
+            key, equals, value = (part.strip() for part in item.partition("="))
+            if not equals or not key:
                 raise KirinError(f"option '{item}' of pass '{name}' is not 'key=value'")
-            options[key.strip()] = value.strip()
+            if key in options:
+                raise KirinError(f"option '{key}' of pass '{name}' is given twice")
+            options[key] = value
         items.append((name, options))
         position = match.end()
     return items
@@ -165,7 +171,8 @@ def _parse_value(pass_name: str, key: str, raw: str, option_type: object) -> obj
     raise KirinError(f"{where} has type {option_type!r}, which pipelines cannot express")
 
 
-def _type_name(option_type: object) -> str:
+def type_name(option_type: object) -> str:
+    """An option type as users write it: ``int``, ``bool``, ``fast|exact``."""
     if typing.get_origin(option_type) is typing.Literal:
         return "|".join(typing.get_args(option_type))
     return getattr(option_type, "__name__", str(option_type))
@@ -180,7 +187,11 @@ def _import(module_name: str, spec: str):
         path = pathlib.Path(module_name)
         if not path.is_file():
             raise KirinError(f"--load-pass '{spec}': file '{path}' does not exist")
-        unique = f"kirin_user_pass_{path.stem}"
+        # One module per file, however often it is named: loading it twice gives the same classes.
+        resolved = str(path.resolve())
+        unique = f"kirin_user_pass_{hashlib.sha1(resolved.encode()).hexdigest()[:12]}"
+        if unique in sys.modules:
+            return sys.modules[unique]
         module_spec = importlib.util.spec_from_file_location(unique, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[unique] = module

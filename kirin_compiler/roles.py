@@ -7,10 +7,12 @@ metadata (persisted in ``.kirin`` files), which later passes and the dump read:
   ``down``, ``fc1``, ``fc2``, ``lm_head``, ...; ``attn-qk`` and ``attn-pv`` for the products
   ``Q·K^T`` and ``P·V``;
 - ``kirin.layer``: the decoder layer index;
-- ``kirin.scope``: the module path the exporter recorded (``model.layers.0.self_attn.q_proj``).
+- ``kirin.scope``: the module path the exporter recorded (``model.layers.0.self_attn.q_proj``;
+  a wrapper module adds its own prefix).
 
-Roles come from the exporter's name scopes where present (the leaf module name, ``_proj``
-removed) and from graph structure otherwise:
+Attention products are recognised by structure (rule 1). Linear roles come from the exporter's
+name scopes where present (the leaf module name, ``_proj`` removed) and from structure
+otherwise:
 
 1. a product of two computed values whose result reaches a ``Softmax`` is ``attn-qk``; one whose
    left operand comes from a ``Softmax`` is ``attn-pv``;
@@ -21,8 +23,9 @@ removed) and from graph structure otherwise:
    it is ``fc2``, and that one ``fc1`` (OPT-style models call their output projection ``out``);
 4. a linear whose result is a graph output is ``lm_head``; any other is ``linear``.
 
-Layers come from the scope (``layers.N``) or, failing that, from the order of ``attn-qk``
-products: a linear belongs to the layer of the last attention product before it.
+Layers come from the scope (``layers.N``) or, failing that, from structure: attention products
+are numbered in order; q, k, v and o take the layer of their attention product; other linears
+that of the last attention product before them; ``lm_head`` has none.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ Rewrite rules, applied in this order:
    (``layers.0.q.weight``), other initializers ``c<i>``; graph inputs and outputs keep their
    names.
 
-Rules 3-7 are deterministic functions of the input, so the same file gives the same canonical
+Every rule is a deterministic function of the graph (no hashing of object ids, no timing), and
+rule 7 renames everything the earlier rules created, so the same file gives the same canonical
 model byte for byte.
 """
 

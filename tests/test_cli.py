@@ -23,6 +23,15 @@ import onnx_ir as ir
 from kirin_compiler import Pass
 
 @dataclasses.dataclass(frozen=True)
+class CrashPass(Pass):
+    """Fails like a buggy pass."""
+    name = "crash"
+
+    def call(self, model):
+        raise RuntimeError("bug")
+
+
+@dataclasses.dataclass(frozen=True)
 class ScalePass(Pass):
     """Does nothing, with options of every kind."""
     name = "scale"
@@ -86,6 +95,7 @@ def test_list_passes_shows_options_and_loaded_passes(capsys, option_pass):
     assert status == 0
     assert "canonicalize" in out
     assert "scale" in out and "factor: float = 1.0" in out and "steps: int = 3" in out
+    assert "enabled: bool = true" in out and "mode: fast|exact = exact" in out
 
 
 def test_print_ir_after_all(capsys, model_path):
@@ -153,6 +163,39 @@ def test_dump_dir_is_reused_but_never_clobbers_foreign_files(capsys, model_path,
     assert sorted(p.name for p in foreign.iterdir()) == ["data.csv"]
 
 
+def test_a_failed_run_leaves_a_dump_folder_that_can_be_reused(capsys, model_path, tmp_path, tmp_path_factory):
+    plugin = tmp_path / "option_pass.py"
+    plugin.write_text(OPTION_PASS)
+    dumps = tmp_path / "dumps"
+    status, _, err = run(
+        capsys, model_path, "--load-pass", f"{plugin}:CrashPass", "-p", "canonicalize,crash",
+        "--dump-dir", dumps,
+    )
+    assert status == 1
+    assert err == "kirinc: error: pass 'crash' failed (after: canonicalize): RuntimeError: bug\n"
+    manifest = json.loads((dumps / "manifest.json").read_text())
+    assert [p["name"] for p in manifest["passes"]] == ["canonicalize"]
+    assert run(capsys, model_path, "--dump-dir", dumps)[0] == 0
+
+
+def test_loading_the_same_pass_file_twice_is_harmless(capsys, model_path, option_pass):
+    status, _, err = run(
+        capsys, model_path, "--load-pass", option_pass, "--load-pass", option_pass, "-p", "scale"
+    )
+    assert status == 0, err
+
+
+def test_recompiling_a_kirin_file_keeps_its_provenance_and_history(capsys, model_path, tmp_path, option_pass):
+    first, second = tmp_path / "first.kirin", tmp_path / "second.kirin"
+    assert run(capsys, model_path, "-o", first)[0] == 0
+    assert run(capsys, first, "--load-pass", option_pass, "-p", "scale", "-o", second)[0] == 0
+    compiled = load_model(second)
+    assert compiled.metadata_props["kirin.source"] == load_model(first).metadata_props["kirin.source"]
+    assert compiled.metadata_props["kirin.pipeline"] == (
+        "canonicalize,scale{factor=1.0,steps=3,enabled=true,mode=exact}"
+    )
+
+
 def test_time_passes_prints_a_table(capsys, model_path, option_pass):
     status, out, _ = run(
         capsys, model_path, "--load-pass", option_pass, "-p", "canonicalize,scale", "--time-passes"
@@ -174,7 +217,7 @@ def test_stop_after(capsys, model_path, tmp_path, option_pass):
     assert status == 0
     assert load_model(out).metadata_props["kirin.pipeline"] == "canonicalize"
     status, _, err = run(capsys, model_path, "--stop-after", "quantize")
-    assert status == 2 and "--stop-after 'quantize' names no pass" in err
+    assert status == 2 and "stop after 'quantize': no pass of the pipeline has that name" in err
 
 
 def test_inspect_summarizes_a_kirin_file(capsys, model_path, tmp_path):
@@ -307,6 +350,12 @@ def _bad_inputs(folder: pathlib.Path, model_path: pathlib.Path, option_pass: str
         ("unparsable pipeline", [model_path, "-p", "canonicalize{"], ["cannot parse pipeline"]),
         ("missing pass file", [model_path, "--load-pass", "nowhere.py:Foo"], ["does not exist"]),
         ("output is input", [model_path, "-o", model_path], ["is the input file"]),
+        ("option given twice", [model_path, "--load-pass", option_pass, "-p", "scale{steps=1,steps=2}"],
+         ["option 'steps' of pass 'scale' is given twice"]),
+        ("empty pipeline", [model_path, "-p", " "], ["the pipeline is empty"]),
+        ("print after a pass not run", [model_path, "--print-ir-after", "canonicalize", "-p",
+                                        "scale", "--load-pass", option_pass],
+         ["--print-ir-after 'canonicalize': the pipeline (scale) does not run it"]),
     ]
 
 

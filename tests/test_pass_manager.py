@@ -207,3 +207,22 @@ def test_load_pass_from_an_importable_module(tmp_path, monkeypatch):
     with pytest.raises(KirinError, match="cannot import 'no_such_module'"):
         reg.load("no_such_module:X")
     sys.modules.pop("mod_passes", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnknownOpPass(Pass):
+    """Adds an operator no backend knows."""
+
+    name = "unknown-op"
+
+    def call(self, model):
+        first_input = model.graph.inputs[0]
+        model.graph.append(ir.node("Mystery", [first_input], domain="ai.kirin", name="mystery"))
+        return ir.passes.PassResult(model, True)
+
+
+def test_a_pass_that_adds_an_unknown_op_fails_with_its_name():
+    model = load_model(TINY_LLAMA)
+    with pytest.raises(PassFailedError, match=r"pass 'unknown-op' failed \(after: canonicalize\): "
+                       r"the IR does not verify: node 'mystery' \(Mystery\): is not an ai.kirin op"):
+        compile_model(model, "canonicalize,unknown-op", registry=registry(UnknownOpPass))
