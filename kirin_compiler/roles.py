@@ -172,19 +172,16 @@ def _structural_linear_roles(
 ) -> tuple[dict[ir.Node, str], dict[ir.Node, ir.Node]]:
     """Roles by structure, and for q/k/v/o the attention product each belongs to."""
     linear_set = set(linears)
-    feeds: dict[ir.Node, set[ir.Node]] = {}  # linear -> first matrix products downstream
-    for linear in linears:
-        feeds[linear] = {n for n in _walk_forward(linear.outputs[0]) if n.op_type == "MatMul"}
-    fed_by: dict[ir.Node, set[ir.Node]] = {
-        linear: {n for n in _walk_back(linear.inputs[0]) if n.op_type == "MatMul"}
-        for linear in linears
-    }
+    # Neighbouring matrix products in walk order (dicts, not sets: sets of nodes iterate in
+    # memory-address order, which would make the result differ from run to run).
+    feeds = {linear: _matmuls(_walk_forward(linear.outputs[0])) for linear in linears}
+    fed_by = {linear: _matmuls(_walk_back(linear.inputs[0])) for linear in linears}
     roles: dict[ir.Node, str] = {}
     partner: dict[ir.Node, ir.Node] = {}
     mlp_is_gated = False
     for linear in linears:
         sources = fed_by[linear]
-        exclusive = [s for s in sources if s in linear_set and feeds[s] == {linear}]
+        exclusive = [s for s in sources if s in linear_set and list(feeds[s]) == [linear]]
         if len(sources) == 2 and len(exclusive) == 2:
             roles[linear] = "down"
             mlp_is_gated = True
@@ -213,6 +210,10 @@ def _structural_linear_roles(
         else:
             roles[linear] = "linear"
     return roles, partner
+
+
+def _matmuls(nodes: Iterable[ir.Node]) -> dict[ir.Node, None]:
+    return dict.fromkeys(n for n in nodes if n.op_type == "MatMul")
 
 
 def _feeds_input(linear: ir.Node, product: ir.Node, index: int) -> bool:

@@ -396,3 +396,27 @@ def test_a_failing_output_write_leaves_no_partial_file(capsys, model_path, tmp_p
     status, _, err = run(capsys, model_path, "-o", tmp_path / "out.kirin")
     assert status == 2 and err == f"kirinc: error: cannot write '{tmp_path / 'out.kirin'}': disk full\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_llama.onnx"]
+
+
+def test_separate_processes_give_byte_identical_output(tmp_path, exported):
+    """Across processes (different hash seeds, memory layouts), on an export whose roles come
+    from structure alone."""
+    import subprocess
+    import sys
+
+    proto = onnx.load(exported("opt", "torchscript", 17))
+    for index, node in enumerate(proto.graph.node):
+        node.name = f"n{index}"
+    onnx.save(proto, tmp_path / "anonymous.onnx")
+    outputs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"out{seed}.kirin"
+        subprocess.run(
+            [sys.executable, "-m", "kirin_compiler", str(tmp_path / "anonymous.onnx"), "-o", str(out),
+             "--dump-dir", str(tmp_path / f"dumps{seed}")],
+            check=True, capture_output=True, env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
+        )
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+    first, second = ((tmp_path / f"dumps{s}" / "01_canonicalize.txt").read_text() for s in "12")
+    assert first == second and "role=fc1" in first and "role=out" in first
