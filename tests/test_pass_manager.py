@@ -156,21 +156,26 @@ def test_only_pass_subclasses_register():
         PassRegistry().register(int)
 
 
-def test_entry_point_passes_are_found(tmp_path, monkeypatch):
-    """A package that declares a pass in the entry-point group is picked up with no flag."""
-    (tmp_path / "plugin_passes.py").write_text(textwrap.dedent('''
+def write_pass_module(path, class_name: str, pass_name: str) -> None:
+    """A module file defining one do-nothing pass, as a plugin author would write it."""
+    path.write_text(textwrap.dedent(f'''
         import dataclasses
         import onnx_ir as ir
         from kirin_compiler import Pass
 
         @dataclasses.dataclass(frozen=True)
-        class PluginPass(Pass):
-            """A pass from an installed plugin."""
-            name = "plugin-pass"
+        class {class_name}(Pass):
+            """A pass from outside kirin_compiler."""
+            name = "{pass_name}"
 
             def call(self, model):
                 return ir.passes.PassResult(model, False)
     '''))
+
+
+def test_entry_point_passes_are_found(tmp_path, monkeypatch):
+    """A package that declares a pass in the entry-point group is picked up with no flag."""
+    write_pass_module(tmp_path / "plugin_passes.py", "PluginPass", "plugin-pass")
     dist_info = tmp_path / "plugin_passes-1.0.dist-info"
     dist_info.mkdir()
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-passes\nVersion: 1.0\n")
@@ -186,19 +191,7 @@ def test_entry_point_passes_are_found(tmp_path, monkeypatch):
 
 
 def test_load_pass_from_an_importable_module(tmp_path, monkeypatch):
-    (tmp_path / "mod_passes.py").write_text(textwrap.dedent('''
-        import dataclasses
-        import onnx_ir as ir
-        from kirin_compiler import Pass
-
-        @dataclasses.dataclass(frozen=True)
-        class ModulePass(Pass):
-            """From a module on the path."""
-            name = "module-pass"
-
-            def call(self, model):
-                return ir.passes.PassResult(model, False)
-    '''))
+    write_pass_module(tmp_path / "mod_passes.py", "ModulePass", "module-pass")
     monkeypatch.syspath_prepend(str(tmp_path))
     reg = PassRegistry.default()
     assert reg.load("mod_passes:ModulePass").name == "module-pass"
