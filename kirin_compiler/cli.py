@@ -21,8 +21,8 @@ from kirin_compiler import __version__, roles
 from kirin_compiler.compiler import DEFAULT_PIPELINE, compile_model
 from kirin_compiler.errors import KirinError, PassFailedError
 from kirin_compiler.format import (
+    KEY_FORMAT_VERSION,
     KEY_PIPELINE,
-    KEY_SOURCE,
     check_writable,
     load_model,
     save_kirin,
@@ -136,7 +136,8 @@ def _compile(args: argparse.Namespace) -> int:
         print("kirinc: no -o given: nothing written", file=sys.stderr)
         return 0
     # A .kirin input keeps the provenance of the model it was first compiled from.
-    source = None if KEY_SOURCE in model.metadata_props else source_provenance(args.input)
+    is_kirin = KEY_FORMAT_VERSION in model.metadata_props
+    source = None if is_kirin else source_provenance(args.input)
     save_kirin(model, args.output, source)
     size = pathlib.Path(args.output).stat().st_size
     print(
