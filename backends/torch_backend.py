@@ -1,0 +1,211 @@
+"""The torch backend: the IR lowered to a readable ``torch.fx.GraphModule``.
+
+`lower` walks the graph once and emits, for each node, a call of the node's function from the
+op table (`kirin_compiler.backends.torch_ops`), so ``print(gm.code)`` reads like the IR dump::
+
+    def forward(self, input_ids):
+        v0 = shape(input_ids, start = 0, end = 1)
+        ...
+        v39 = matmul(v38, self.layers_0_q_weight)
+
+Graph inputs become placeholders; initializers become buffers of the module (``self.<name>``),
+except small integer constants feeding shape-like inputs, which are written into the code as
+lists. Nothing about sequence length is fixed at lowering time: a model lowered once runs on any
+batch and length.
+
+The module also implements the ONNX backend interface (`TorchBackend`, `TorchBackendRep`), so the
+ONNX conformance node tests run against it.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+import unittest
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx.backend.base
+import onnx_ir as ir
+import torch
+import torch.fx
+
+from kirin_compiler.backends.torch_ops import OPS, OnnxOp
+from kirin_compiler.backends.torch_ops._table import as_tensor, supported_dtypes
+from kirin_compiler.errors import UnsupportedOpError
+
+# Integer constants up to this many elements are written into the code where an op reads an
+# integer list (shapes, axes); larger ones stay buffers.
+_INLINE_MAX_ELEMENTS = 16
+
+
+def lower(model: ir.Model) -> torch.fx.GraphModule:
+    """Lowers ``model`` to a GraphModule whose ``forward`` takes the graph inputs as tensors, in
+    order, and returns a tuple of the graph outputs."""
+    return _Lowering(model).run()
+
+
+def run(
+    module: torch.fx.GraphModule, model: ir.Model, feeds: Mapping[str, np.ndarray]
+) -> list[np.ndarray]:
+    """Runs a lowered model on numpy inputs given by name; returns numpy outputs."""
+    names = [value.name for value in model.graph.inputs]
+    missing = [name for name in names if name not in feeds]
+    if missing:
+        raise KeyError(f"missing inputs: {', '.join(missing)}")
+    with torch.inference_mode():
+        outputs = module(*(torch.from_numpy(np.asarray(feeds[name])) for name in names))
+    return [output.numpy() for output in outputs]
+
+
+class _Lowering:
+    def __init__(self, model: ir.Model) -> None:
+        self.model = model
+        self.root = torch.nn.Module()
+        self.graph = torch.fx.Graph()
+        self.env: dict[ir.Value, torch.fx.Node] = {}
+
+    def run(self) -> torch.fx.GraphModule:
+        for value in self.model.graph.inputs:
+            self.env[value] = self.graph.placeholder(_identifier(value.name))
+        for node in self.model.graph:
+            self._lower_node(node)
+        outputs = tuple(self._operand(value, static=False) for value in self.model.graph.outputs)
+        self.graph.output(outputs)
+        self.graph.lint()
+        module = torch.fx.GraphModule(self.root, self.graph, class_name="LoweredModel")
+        module.eval()
+        return module
+
+    def _lower_node(self, node: ir.Node) -> None:
+        op = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if op is None:
+            name = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+            raise UnsupportedOpError(
+                node.name, name, "has no torch lowering (supported ops: docs/backends.md)"
+            )
+        unknown = sorted(set(node.attributes) - op.attributes)
+        if unknown:
+            raise UnsupportedOpError(
+                node.name, node.op_type,
+                f"attribute {', '.join(repr(a) for a in unknown)} is not supported by the torch "
+                "backend",
+            )
+        args = [self._operand(v, static=i in op.static_inputs) for i, v in enumerate(node.inputs)]
+        while args and args[-1] is None:
+            args.pop()
+        kwargs = {name: self._attribute(node, attr) for name, attr in sorted(node.attributes.items())}
+        outputs = list(node.outputs)
+        single = len(outputs) == 1 and not op.multi_output
+        result = self.graph.create_node(
+            "call_function", op.fn, tuple(args), kwargs,
+            name=_identifier(outputs[0].name) if single else None,
+        )
+        if single:
+            self.env[outputs[0]] = result
+            return
+        for index, value in enumerate(outputs):
+            if value.name and (value.uses() or value.is_graph_output()):
+                self.env[value] = self.graph.create_node(
+                    "call_function", operator.getitem, (result, index), name=_identifier(value.name)
+                )
+
+    def _operand(self, value: ir.Value | None, static: bool) -> Any:
+        if value is None or (not value.name and value.producer() is None):
+            return None
+        if value in self.env:
+            return self.env[value]
+        tensor = value.const_value
+        if tensor is None:
+            raise UnsupportedOpError(value.name, "value", "is used before it is defined")
+        array = tensor.numpy()
+        if static and array.dtype.kind in "iu" and array.size <= _INLINE_MAX_ELEMENTS:
+            return [int(v) for v in array.reshape(-1)]
+        return self._buffer(value.name, array, cache_for=value)
+
+    def _buffer(self, name: str, array: np.ndarray, cache_for: ir.Value | None = None) -> torch.fx.Node:
+        attribute = _identifier(name)
+        while hasattr(self.root, attribute):
+            attribute += "_"
+        self.root.register_buffer(attribute, as_tensor(array))
+        node = self.graph.get_attr(attribute)
+        if cache_for is not None:
+            self.env[cache_for] = node
+        return node
+
+    def _attribute(self, node: ir.Node, attr: ir.Attr) -> Any:
+        kind = attr.type
+        if kind in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+            raise UnsupportedOpError(
+                node.name, node.op_type, "subgraphs (control flow) are not supported by the torch backend"
+            )
+        if kind == ir.AttributeType.TENSOR:
+            return self._buffer(f"{node.name}_{attr.name}", attr.value.numpy())
+        if kind == ir.AttributeType.TENSORS:
+            return [self._buffer(f"{node.name}_{attr.name}", t.numpy()) for t in attr.value]
+        if kind == ir.AttributeType.STRING:
+            value = attr.value
+            return value.decode() if isinstance(value, bytes) else value
+        if kind in (ir.AttributeType.INTS, ir.AttributeType.FLOATS, ir.AttributeType.STRINGS):
+            return list(attr.value)
+        if kind in (ir.AttributeType.INT, ir.AttributeType.FLOAT):
+            return attr.value
+        raise UnsupportedOpError(
+            node.name, node.op_type, f"attribute '{attr.name}' of type {kind.name} is not supported"
+        )
+
+
+def _identifier(name: str) -> str:
+    """A Python identifier for an ONNX name (fx makes it unique)."""
+    text = re.sub(r"\W", "_", name)
+    return text if text and not text[0].isdigit() else f"v_{text}"
+
+
+# The ONNX backend interface ------------------------------------------------------------------------
+
+
+class TorchBackendRep(onnx.backend.base.BackendRep):
+    """A model prepared for the torch backend."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.model = model
+        self.module = lower(model)
+
+    def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
+        if isinstance(inputs, Mapping):
+            feeds = dict(inputs)
+        else:
+            names = [v.name for v in self.model.graph.inputs]
+            feeds = dict(zip(names, inputs if isinstance(inputs, Sequence) else [inputs]))
+        return tuple(run(self.module, self.model, feeds))
+
+
+class TorchBackend(onnx.backend.base.Backend):
+    """The torch backend behind ``onnx.backend.base.Backend`` (CPU only)."""
+
+    @classmethod
+    def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> TorchBackendRep:
+        super().prepare(model, device, **kwargs)
+        _skip_unclaimed(model)
+        return TorchBackendRep(ir.serde.deserialize_model(model))
+
+    @classmethod
+    def supports_device(cls, device: str) -> bool:
+        return device == "CPU"
+
+
+def _skip_unclaimed(model: onnx.ModelProto) -> None:
+    """Skips (with the reason) a conformance case outside what the op table claims."""
+    claimed = supported_dtypes()
+    graph = model.graph
+    for info in list(graph.input) + list(graph.output):
+        element = info.type.tensor_type.elem_type
+        if not info.type.HasField("tensor_type"):
+            raise unittest.SkipTest(f"'{info.name}' is not a tensor (sequences are not claimed)")
+        if element not in claimed:
+            name = onnx.TensorProto.DataType.Name(element)
+            raise unittest.SkipTest(f"data type {name} of '{info.name}' is not claimed")
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise unittest.SkipTest(f"op {node.domain}::{node.op_type} is outside the ONNX domain")
