@@ -22,6 +22,7 @@ from kirin_compiler.compiler import DEFAULT_PIPELINE, compile_model
 from kirin_compiler.errors import KirinError, PassFailedError
 from kirin_compiler.format import (
     KEY_FORMAT_VERSION,
+    atomic_path,
     KEY_PIPELINE,
     check_writable,
     load_model,
@@ -33,18 +34,19 @@ from kirin_compiler.pass_manager import format_option, node_count
 from kirin_compiler.printer import format_value_type
 from kirin_compiler.registry import PassRegistry, type_name
 
-_SUBCOMMANDS = ("compile", "inspect")
 
 _EPILOG = f"""\
 commands:
   kirinc [compile] MODEL -o OUT.kirin   compile an ONNX (or .kirin) model (the default command)
   kirinc inspect FILE                   summarize an ONNX or .kirin file
+  kirinc run MODEL --input FILE         run a model on the torch backend and print its outputs
 
 examples:
   kirinc model.onnx -o model.kirin
   kirinc model.onnx -o model.kirin --dump-dir dumps --time-passes
   kirinc model.onnx -p "canonicalize,count-ops" --load-pass my_passes.py:CountOpsPass
   kirinc inspect model.kirin
+  kirinc run model.kirin --input prompt.txt --tokenizer tokenizer/
 
 The default pipeline is "{DEFAULT_PIPELINE}". Exit status: 0 on success, 2 on bad input or
 options, 1 when a pass fails.
@@ -56,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] == "inspect":
             return _inspect(_inspect_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "run":
+            return _run(_run_parser().parse_args(argv[1:]))
         if argv and argv[0] == "compile":
             argv = argv[1:]
         return _compile(_compile_parser().parse_args(argv))
@@ -236,3 +240,108 @@ def _ops_table(model: ir.Model) -> str:
         described = ", ".join(f"{r} x{n}" for r, n in sorted(role_counts[op].items()))
         rows.append((op, str(count), described or "-"))
     return format_table(rows)
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kirinc run",
+        description="Run a model on the torch backend and print (or save) its outputs.",
+        epilog="examples:\n  kirinc run model.kirin --input ids.npy\n"
+        "  kirinc run model.kirin --input prompt.txt --tokenizer tokenizer/ --save logits.npy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help="ONNX or .kirin file")
+    parser.add_argument(
+        "--input", required=True, metavar="FILE",
+        help="token ids as .npy (shape [sequence] or [batch, sequence]), or a text file to "
+        "tokenize with --tokenizer",
+    )
+    parser.add_argument(
+        "--tokenizer", metavar="DIR", help="folder with a tokenizer.json, for text input"
+    )
+    parser.add_argument(
+        "--mode", choices=["float"], default="float",
+        help="execution mode: float, the model as compiled (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--save", metavar="OUT", help="save the outputs: .npy for the first output, .npz for all"
+    )
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kirin_compiler.backends import torch_backend  # imports torch: only for this command
+
+    tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
+    ids = _token_ids(pathlib.Path(args.input), tokenizer)
+    if args.save:
+        if pathlib.Path(args.save).suffix not in (".npy", ".npz"):
+            raise KirinError(f"--save '{args.save}': use a .npy or .npz file name")
+        check_writable(args.save)
+    model = load_model(args.model)
+    if len(model.graph.inputs) != 1:
+        names = ", ".join(v.name for v in model.graph.inputs)
+        raise KirinError(f"'{args.model}' takes {len(model.graph.inputs)} inputs ({names}); "
+                         "kirinc run feeds one input of token ids")
+    outputs = torch_backend.run(
+        torch_backend.lower(model), model, {model.graph.inputs[0].name: ids}
+    )
+    print(f"input       {model.graph.inputs[0].name}: {list(ids.shape)} token ids")
+    for value, array in zip(model.graph.outputs, outputs):
+        print(
+            f"output      {value.name}: {array.dtype}{list(array.shape)}  min {array.min():.4g}  "
+            f"max {array.max():.4g}  mean {array.mean():.4g}"
+        )
+    logits = outputs[0]
+    if logits.ndim == 3:
+        predicted = logits[0, -1].argmax()
+        text = f" {json.dumps(tokenizer.decode([int(predicted)]))}" if tokenizer else ""
+        print(f"next token  {predicted}{text} (argmax at the last position of the first sequence)")
+    if args.save:
+        _save_outputs(pathlib.Path(args.save), model, outputs)
+        print(f"kirinc: saved {args.save}", file=sys.stderr)
+    return 0
+
+
+def _tokenizer(folder: str):
+    import tokenizers
+
+    path = pathlib.Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise KirinError(f"--tokenizer '{folder}' has no tokenizer.json")
+    return tokenizers.Tokenizer.from_file(str(path))
+
+
+def _token_ids(path: pathlib.Path, tokenizer) -> "np.ndarray":
+    import numpy as np
+
+    if not path.is_file():
+        raise KirinError(f"input file '{path}' does not exist")
+    if path.suffix == ".npy":
+        try:
+            ids = np.load(path, allow_pickle=False)
+        except ValueError as error:
+            raise KirinError(f"'{path}' is not a readable .npy file: {error}") from None
+        if ids.dtype.kind not in "iu" or ids.ndim not in (1, 2) or ids.size == 0:
+            raise KirinError(
+                f"'{path}' holds {ids.dtype}{list(ids.shape)}; token ids are integers of shape "
+                "[sequence] or [batch, sequence]"
+            )
+        return ids.astype(np.int64).reshape((1, -1) if ids.ndim == 1 else ids.shape)
+    if tokenizer is None:
+        raise KirinError(f"'{path}' is text: give --tokenizer DIR to tokenize it, or token ids as .npy")
+    ids = tokenizer.encode(path.read_text(), add_special_tokens=False).ids
+    if not ids:
+        raise KirinError(f"'{path}' tokenizes to no tokens")
+    return np.asarray([ids], dtype=np.int64)
+
+
+def _save_outputs(path: pathlib.Path, model: ir.Model, outputs: list) -> None:
+    import numpy as np
+
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as file:
+            if path.suffix == ".npy":
+                np.save(file, outputs[0])
+            else:
+                np.savez(file, **{v.name: a for v, a in zip(model.graph.outputs, outputs)})

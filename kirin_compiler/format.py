@@ -169,7 +169,7 @@ def save_model(
         v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
     )
     try:
-        with _atomic_path(path) as temporary:
+        with atomic_path(path) as temporary:
             if total_bytes > external_data_threshold:
                 ir.save(model, temporary, external_data=f"{path.name}.data")
             else:
@@ -187,7 +187,8 @@ def _embed_external_data(model: ir.Model) -> None:
 
 
 @contextlib.contextmanager
-def _atomic_path(path: pathlib.Path) -> Iterator[pathlib.Path]:
+def atomic_path(path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A temporary path beside ``path`` that replaces it when the block succeeds."""
     folder = path.parent if str(path.parent) else pathlib.Path(".")
     check_writable(path)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)

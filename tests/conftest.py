@@ -17,24 +17,34 @@ VOCAB = 128
 EXPORT_LENGTH = 8
 
 
+FAMILIES = ("llama", "opt", "gpt2", "qwen2", "mistral", "phi3", "gemma")
+
+
 def tiny_hf_model(family: str):
+    """A randomly initialised two-layer model of a Hugging Face family, from a fixed seed."""
     import torch
-    import transformers
+    import transformers as hf
 
     torch.manual_seed(0)
-    if family == "llama":
-        config = transformers.LlamaConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        )
-        return transformers.LlamaForCausalLM(config).eval()
-    if family == "opt":
-        config = transformers.OPTConfig(
+    decoder = dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    models = {
+        "llama": lambda: hf.LlamaForCausalLM(hf.LlamaConfig(**decoder)),
+        "opt": lambda: hf.OPTForCausalLM(hf.OPTConfig(
             vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
-        )
-        return transformers.OPTForCausalLM(config).eval()
-    raise ValueError(family)
+        )),
+        "gpt2": lambda: hf.GPT2LMHeadModel(hf.GPT2Config(
+            vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+        )),
+        "qwen2": lambda: hf.Qwen2ForCausalLM(hf.Qwen2Config(**decoder)),
+        "mistral": lambda: hf.MistralForCausalLM(hf.MistralConfig(**decoder, sliding_window=None)),
+        "phi3": lambda: hf.Phi3ForCausalLM(hf.Phi3Config(**decoder, pad_token_id=0)),
+        "gemma": lambda: hf.GemmaForCausalLM(hf.GemmaConfig(**decoder, head_dim=8)),
+    }
+    return models[family]().eval()
 
 
 def export_file(family: str, exporter: str, opset: int, folder: pathlib.Path) -> pathlib.Path:
@@ -49,9 +59,11 @@ def export_file(family: str, exporter: str, opset: int, folder: pathlib.Path) ->
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
+            batch, sequence = torch.export.Dim("batch", max=8), torch.export.Dim("sequence", max=64)
             torch.onnx.export(
                 module, (ids,), path, dynamo=True, opset_version=opset,
                 input_names=["input_ids"], output_names=["logits"],
+                dynamic_shapes=({0: batch, 1: sequence},),
             )
         else:
             torch.onnx.export(

@@ -39,8 +39,7 @@ def test_kirinc_output_computes_the_same_logits(exported, tmp_path, family, expo
     # The dynamo exporter translates at opset 18 and converts down to 17 where onnx's version
     # converter can (OPT); where it cannot (Llama), the export stays at 18.
     assert model.opset_imports[""] in ({opset, 18} if exporter == "dynamo" else {opset})
-    lengths = [EXPORT_LENGTH] if exporter == "dynamo" else [EXPORT_LENGTH, 13]
-    for length in lengths:
+    for length in (EXPORT_LENGTH, 13):
         feed = {"input_ids": token_ids((1, length))}
         (expected,), (logits,) = ort_backend.run(model, feed), ort_backend.run(compiled, feed)
         assert logits.shape == expected.shape

@@ -420,3 +420,56 @@ def test_separate_processes_give_byte_identical_output(tmp_path, exported):
     assert outputs[0] == outputs[1]
     first, second = ((tmp_path / f"dumps{s}" / "01_canonicalize.txt").read_text() for s in "12")
     assert first == second and "role=fc1" in first and "role=out" in first
+
+
+# kirinc run ---------------------------------------------------------------------------------------
+
+
+def test_run_prints_outputs_and_saves_them(capsys, model_path, tmp_path):
+    ids = np.arange(12, dtype=np.int64)
+    np.save(tmp_path / "ids.npy", ids)
+    status, out, _ = run(capsys, "run", model_path, "--input", tmp_path / "ids.npy",
+                         "--save", tmp_path / "logits.npy")
+    assert status == 0
+    assert "input       input_ids: [1, 12] token ids" in out
+    assert "output      logits: float32[1, 12, 256]" in out
+    saved = np.load(tmp_path / "logits.npy")
+    from kirin_compiler.backends import onnxruntime as ort_backend
+
+    expected = ort_backend.run(load_model(model_path), {"input_ids": ids[None]})[0]
+    assert np.abs(saved - expected).max() <= 1e-5
+    assert f"next token  {expected[0, -1].argmax()} " in out
+
+
+def test_run_tokenizes_text(capsys, model_path, tmp_path):
+    import tokenizers
+
+    vocabulary = {f"w{i}": i for i in range(256)} | {"[UNK]": 255}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocabulary, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    (tmp_path / "tok").mkdir()
+    tokenizer.save(str(tmp_path / "tok" / "tokenizer.json"))
+    (tmp_path / "prompt.txt").write_text("w1 w2 w3 w200")
+    status, out, _ = run(capsys, "run", model_path, "--input", tmp_path / "prompt.txt",
+                         "--tokenizer", tmp_path / "tok", "--save", tmp_path / "all.npz")
+    assert status == 0 and "input_ids: [1, 4] token ids" in out
+    assert np.load(tmp_path / "all.npz")["logits"].shape == (1, 4, 256)
+
+
+@pytest.mark.parametrize("case", ["text without tokenizer", "float ids", "missing input", "bad save name"])
+def test_run_bad_input(capsys, model_path, tmp_path, case):
+    (tmp_path / "prompt.txt").write_text("hello")
+    np.save(tmp_path / "floats.npy", np.ones(3))
+    np.save(tmp_path / "ids.npy", np.arange(3))
+    argv = {
+        "text without tokenizer": ["--input", tmp_path / "prompt.txt"],
+        "float ids": ["--input", tmp_path / "floats.npy"],
+        "missing input": ["--input", tmp_path / "nope.npy"],
+        "bad save name": ["--input", tmp_path / "ids.npy", "--save", tmp_path / "x.csv"],
+    }[case]
+    words = {"text without tokenizer": "give --tokenizer", "float ids": "token ids are integers",
+             "missing input": "does not exist", "bad save name": "use a .npy or .npz"}[case]
+    status, _, err = run(capsys, "run", model_path, *argv)
+    assert status == 2 and err.startswith("kirinc: error: ") and err.count("\n") == 1
+    assert words in err
+    assert not (tmp_path / "x.csv").exists()

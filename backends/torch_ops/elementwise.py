@@ -1,16 +1,24 @@
-"""Elementwise operators: arithmetic, comparisons, logic, activations and casts.
+"""Elementwise operators: arithmetic, math functions, rounding, bitwise operators, comparisons,
+logic, activations, variadic reductions (``Max``, ``Sum``...) and casts.
 
-ONNX broadcasting is numpy's, which torch follows; ONNX requires both operands of a binary
-operator to have one type, so torch's type promotion never applies.
+ONNX broadcasting is numpy's, which torch follows. ONNX requires both operands of a binary
+operator to have one type, so torch's type promotion never applies, except where ONNX allows
+mixed types (``Pow``'s exponent, ``Shrink``'s float attributes on integers): there the function
+casts back to the input's type. Where ONNX defines what C leaves undefined (integer division,
+``Mod``'s sign, out-of-range shifts, ``Round``'s ties), the function says so.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from kirin_compiler.backends.torch_ops._table import OpTable, torch_dtype
 
 table = OpTable()
+
+
+# Arithmetic ---------------------------------------------------------------------------------------
 
 
 @table.op("Add")
@@ -35,9 +43,24 @@ def div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.div(a, b, rounding_mode="trunc")  # integer division truncates, as in C
 
 
+@table.op("Mod")
+def mod(a: torch.Tensor, b: torch.Tensor, *, fmod: int = 0) -> torch.Tensor:
+    """fmod=0: a - floor(a / b) * b (sign of b); fmod=1: a - trunc(a / b) * b (sign of a)."""
+    if fmod:
+        return torch.fmod(a, b)
+    result = torch.remainder(a, b)
+    if not result.dtype.is_floating_point:
+        return result
+    # ONNX gives a zero remainder the sign of b (torch keeps a's sign when a is ±0)
+    return torch.where(result == 0, torch.copysign(torch.zeros_like(result), b), result)
+
+
 @table.op("Pow")
 def pow_(base: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
-    return torch.pow(base, exponent).to(base.dtype)  # the result has the base's type
+    if exponent.dtype.is_floating_point and not base.dtype.is_floating_point:
+        # an integer base is raised in float64, which holds it exactly (float32 would round it)
+        return torch.pow(base.double(), exponent.double()).to(base.dtype)
+    return _convert(torch.pow(base, exponent), base.dtype)  # the result has the base's type
 
 
 @table.op("Neg")
@@ -45,14 +68,29 @@ def neg(x: torch.Tensor) -> torch.Tensor:
     return torch.neg(x)
 
 
-@table.op("Sqrt")
-def sqrt(x: torch.Tensor) -> torch.Tensor:
-    return torch.sqrt(x)
+@table.op("Abs")
+def abs_(x: torch.Tensor) -> torch.Tensor:
+    return torch.abs(x)
+
+
+@table.op("Sign")
+def sign(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype.is_floating_point:
+        return torch.where(torch.isnan(x), x, torch.sign(x))  # torch.sign maps NaN to 0
+    return torch.sign(x)
 
 
 @table.op("Reciprocal")
 def reciprocal(x: torch.Tensor) -> torch.Tensor:
     return torch.reciprocal(x)
+
+
+# Math functions -----------------------------------------------------------------------------------
+
+
+@table.op("Sqrt")
+def sqrt(x: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(x)
 
 
 @table.op("Exp")
@@ -75,9 +113,54 @@ def cos(x: torch.Tensor) -> torch.Tensor:
     return torch.cos(x)
 
 
+@table.op("Tan")
+def tan(x: torch.Tensor) -> torch.Tensor:
+    return torch.tan(x)
+
+
+@table.op("Asin")
+def asin(x: torch.Tensor) -> torch.Tensor:
+    return torch.asin(x)
+
+
+@table.op("Acos")
+def acos(x: torch.Tensor) -> torch.Tensor:
+    return torch.acos(x)
+
+
+@table.op("Atan")
+def atan(x: torch.Tensor) -> torch.Tensor:
+    return torch.atan(x)
+
+
+@table.op("Sinh")
+def sinh(x: torch.Tensor) -> torch.Tensor:
+    return torch.sinh(x)
+
+
+@table.op("Cosh")
+def cosh(x: torch.Tensor) -> torch.Tensor:
+    return torch.cosh(x)
+
+
 @table.op("Tanh")
 def tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(x)
+
+
+@table.op("Asinh")
+def asinh(x: torch.Tensor) -> torch.Tensor:
+    return torch.asinh(x)
+
+
+@table.op("Acosh")
+def acosh(x: torch.Tensor) -> torch.Tensor:
+    return torch.acosh(x)
+
+
+@table.op("Atanh")
+def atanh(x: torch.Tensor) -> torch.Tensor:
+    return torch.atanh(x)
 
 
 @table.op("Erf")
@@ -85,24 +168,60 @@ def erf(x: torch.Tensor) -> torch.Tensor:
     return torch.erf(x)
 
 
-@table.op("Sigmoid")
-def sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(x)
+# Rounding -----------------------------------------------------------------------------------------
 
 
-@table.op("Relu")
-def relu(x: torch.Tensor) -> torch.Tensor:
-    return torch.relu(x)
+@table.op("Ceil")
+def ceil(x: torch.Tensor) -> torch.Tensor:
+    return torch.ceil(x)
 
 
-@table.op("Gelu")
-def gelu(x: torch.Tensor, *, approximate: str = "none") -> torch.Tensor:
-    return torch.nn.functional.gelu(x, approximate=approximate)
+@table.op("Floor")
+def floor(x: torch.Tensor) -> torch.Tensor:
+    return torch.floor(x)
 
 
-@table.op("IsNaN")
-def isnan(x: torch.Tensor) -> torch.Tensor:
-    return torch.isnan(x)
+@table.op("Round")
+def round_(x: torch.Tensor) -> torch.Tensor:
+    return torch.round(x)  # halves to even, as ONNX asks
+
+
+# Bitwise operators --------------------------------------------------------------------------------
+
+
+@table.op("BitwiseAnd")
+def bitwise_and(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.bitwise_and(a, b)
+
+
+@table.op("BitwiseOr")
+def bitwise_or(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.bitwise_or(a, b)
+
+
+@table.op("BitwiseXor")
+def bitwise_xor(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.bitwise_xor(a, b)
+
+
+@table.op("BitwiseNot")
+def bitwise_not(x: torch.Tensor) -> torch.Tensor:
+    return torch.bitwise_not(x)
+
+
+@table.op("BitShift")
+def bit_shift(x: torch.Tensor, shift: torch.Tensor, *, direction: str) -> torch.Tensor:
+    # ONNX defines a shift by a negative amount or by the bit width or more (undefined in C) as
+    # the sign fill alone: -1 for a right shift of a negative x, 0 otherwise.
+    bits = torch.iinfo(x.dtype).bits
+    out_of_range = (shift < 0) | (shift >= bits)
+    if direction == "RIGHT" and x.dtype.is_signed:
+        return torch.bitwise_right_shift(x, shift.masked_fill(out_of_range, bits - 1))
+    shifter = torch.bitwise_left_shift if direction == "LEFT" else torch.bitwise_right_shift
+    return shifter(x, shift.masked_fill(out_of_range, 0)).masked_fill(out_of_range, 0)
+
+
+# Comparisons and logic ----------------------------------------------------------------------------
 
 
 @table.op("Equal")
@@ -130,6 +249,16 @@ def greater_or_equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.ge(a, b)
 
 
+@table.op("IsNaN")
+def isnan(x: torch.Tensor) -> torch.Tensor:
+    return torch.isnan(x)
+
+
+@table.op("IsInf")
+def isinf(x: torch.Tensor, *, detect_negative: int = 1, detect_positive: int = 1) -> torch.Tensor:
+    return (torch.isposinf(x) & bool(detect_positive)) | (torch.isneginf(x) & bool(detect_negative))
+
+
 @table.op("And")
 def and_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.logical_and(a, b)
@@ -138,6 +267,11 @@ def and_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @table.op("Or")
 def or_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.logical_or(a, b)
+
+
+@table.op("Xor")
+def xor(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.logical_xor(a, b)
 
 
 @table.op("Not")
@@ -150,11 +284,132 @@ def where(condition: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Te
     return torch.where(condition, x, y)
 
 
+@table.op("Clip")
+def clip(
+    x: torch.Tensor, low: torch.Tensor | None = None, high: torch.Tensor | None = None
+) -> torch.Tensor:
+    if low is None and high is None:
+        return x  # torch.clamp refuses to clamp with neither bound
+    # torch.clamp is min(max(x, low), high): all elements are `high` when low > high, as in ONNX
+    return torch.clamp(x, low, high)
+
+
+# Activations --------------------------------------------------------------------------------------
+
+
+@table.op("Sigmoid")
+def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(x)
+
+
+@table.op("HardSigmoid")
+def hard_sigmoid(x: torch.Tensor, *, alpha: float = 0.2, beta: float = 0.5) -> torch.Tensor:
+    """max(0, min(1, alpha * x + beta))"""
+    return torch.clamp(alpha * x + beta, 0.0, 1.0)
+
+
+@table.op("HardSwish")
+def hard_swish(x: torch.Tensor) -> torch.Tensor:
+    """x * max(0, min(1, x / 6 + 1 / 2))"""
+    return F.hardswish(x)
+
+
+@table.op("Relu")
+def relu(x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(x)
+
+
+@table.op("LeakyRelu")
+def leaky_relu(x: torch.Tensor, *, alpha: float = 0.01) -> torch.Tensor:
+    return F.leaky_relu(x, alpha)
+
+
+@table.op("PRelu")
+def prelu(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    # slope broadcasts to x in any shape, which F.prelu (one slope per channel) does not allow
+    return torch.where(x < 0, slope * x, x)
+
+
+@table.op("ThresholdedRelu")
+def thresholded_relu(x: torch.Tensor, *, alpha: float = 1.0) -> torch.Tensor:
+    return torch.where(x > alpha, x, 0)
+
+
+@table.op("Elu")
+def elu(x: torch.Tensor, *, alpha: float = 1.0) -> torch.Tensor:
+    """x if x >= 0 else alpha * (exp(x) - 1)"""
+    return F.elu(x, alpha)
+
+
+@table.op("Celu")
+def celu(x: torch.Tensor, *, alpha: float = 1.0) -> torch.Tensor:
+    """max(0, x) + min(0, alpha * (exp(x / alpha) - 1))"""
+    return F.celu(x, alpha)
+
+
+@table.op("Selu")
+def selu(
+    x: torch.Tensor,
+    *,
+    alpha: float = 1.67326319217681884765625,
+    gamma: float = 1.05070102214813232421875,
+) -> torch.Tensor:
+    """gamma * (x if x > 0 else alpha * (exp(x) - 1))"""
+    # torch.selu has the default alpha and gamma built in; the attributes may differ
+    return gamma * torch.where(x > 0, x, alpha * torch.expm1(x))
+
+
+@table.op("Gelu")
+def gelu(x: torch.Tensor, *, approximate: str = "none") -> torch.Tensor:
+    return F.gelu(x, approximate=approximate)
+
+
+@table.op("Swish")
+def swish(x: torch.Tensor, *, alpha: float = 1.0) -> torch.Tensor:
+    return x * torch.sigmoid(alpha * x)
+
+
+@table.op("SwiGLU")
+def swiglu(a: torch.Tensor, b: torch.Tensor, *, alpha: float = 1.0) -> torch.Tensor:
+    """a * sigmoid(alpha * a) * b"""
+    return swish(a, alpha=alpha) * b
+
+
+@table.op("Mish")
+def mish(x: torch.Tensor) -> torch.Tensor:
+    """x * tanh(log(1 + exp(x)))"""
+    return F.mish(x)
+
+
+@table.op("Softplus")
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + exp(x))"""
+    return F.softplus(x)
+
+
+@table.op("Softsign")
+def softsign(x: torch.Tensor) -> torch.Tensor:
+    """x / (1 + |x|)"""
+    return F.softsign(x)
+
+
+@table.op("Shrink")
+def shrink(x: torch.Tensor, *, bias: float = 0.0, lambd: float = 0.5) -> torch.Tensor:
+    """x + bias if x < -lambd, x - bias if x > lambd, else 0"""
+    # integers meet the float bias in float64, which holds int32 exactly; ONNX keeps x's type
+    values = x if x.dtype.is_floating_point else x.double()
+    result = torch.where(values < -lambd, values + bias, torch.where(values > lambd, values - bias, 0))
+    return result.to(x.dtype)
+
+
+# Variadic operators -------------------------------------------------------------------------------
+
+
 @table.op("Max")
 def max_(*inputs: torch.Tensor) -> torch.Tensor:
     result = inputs[0]
     for other in inputs[1:]:
-        result = torch.maximum(result, other)
+        result = torch.maximum(result, other)  # NaN wins, as in numpy
     return result
 
 
@@ -166,16 +421,60 @@ def min_(*inputs: torch.Tensor) -> torch.Tensor:
     return result
 
 
+@table.op("Sum")
+def sum_(*inputs: torch.Tensor) -> torch.Tensor:
+    result = inputs[0]
+    for other in inputs[1:]:
+        result = torch.add(result, other)
+    return result
+
+
+@table.op("Mean")
+def mean(*inputs: torch.Tensor) -> torch.Tensor:
+    return torch.div(sum_(*inputs), len(inputs))
+
+
+# Casts --------------------------------------------------------------------------------------------
+# torch converts as ONNX asks: floats to integers truncate toward zero, integers wrap to a
+# narrower integer type, anything nonzero (NaN too) is true as a bool. A float out of an integer
+# type's range (NaN and infinities included) is undefined in ONNX and whatever torch gives.
+# ``saturate`` and ``round_mode`` only concern float8 and float4 targets, which are not claimed.
+
+
 @table.op("Cast")
-def cast(x: torch.Tensor, *, to: int, saturate: int = 1) -> torch.Tensor:
-    del saturate  # only float8 targets saturate; they are not claimed
-    return x.to(torch_dtype(to))
+def cast(x: torch.Tensor, *, to: int, saturate: int = 1, round_mode: str = "up") -> torch.Tensor:
+    del saturate, round_mode
+    return _convert(x, torch_dtype(to))
 
 
 @table.op("CastLike")
-def cast_like(x: torch.Tensor, target: torch.Tensor, *, saturate: int = 1) -> torch.Tensor:
-    del saturate
-    return x.to(target.dtype)
+def cast_like(
+    x: torch.Tensor, target: torch.Tensor, *, saturate: int = 1, round_mode: str = "up"
+) -> torch.Tensor:
+    del saturate, round_mode
+    return _convert(x, target.dtype)
+
+
+def _convert(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if x.dtype == torch.float64 and dtype == torch.float16:
+        return _double_to_half(x)
+    return x.to(dtype)
+
+
+def _double_to_half(x: torch.Tensor) -> torch.Tensor:
+    # torch converts float64 to float16 through float32, rounding twice, which is off by one ulp
+    # near float16 ties. Rounding to float32 toward an odd last bit (round-to-odd) instead keeps
+    # the information the second rounding needs, so the result is rounded once, to nearest even.
+    single = x.to(torch.float32)
+    inexact = single.double() != x
+    even = (single.view(torch.int32) & 1) == 0
+    toward_x = torch.where(single.double() > x, -torch.inf, torch.inf).to(torch.float32)
+    return torch.where(inexact & even, torch.nextafter(single, toward_x), single).to(torch.float16)
+
+
+@table.op("BitCast")
+def bit_cast(x: torch.Tensor, *, to: int) -> torch.Tensor:
+    return x.view(torch_dtype(to))  # ONNX requires the same bit width, so the shape is kept
 
 
 @table.op("Identity")

