@@ -96,6 +96,9 @@ class _Lowering:
         while args and args[-1] is None:
             args.pop()
         kwargs = {name: self._attribute(node, attr) for name, attr in sorted(node.attributes.items())}
+        if "num_outputs" in op.attributes and "num_outputs" not in kwargs:
+            # Split before opset 18 makes as many parts as the node has outputs.
+            kwargs["num_outputs"] = len(node.outputs)
         outputs = list(node.outputs)
         single = len(outputs) == 1 and not op.multi_output
         result = self.graph.create_node(

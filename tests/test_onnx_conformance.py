@@ -18,7 +18,20 @@ from kirin_compiler.backends.torch_backend import TorchBackend
 from kirin_compiler.backends.torch_ops import OPS
 
 # Conformance case name -> why it is skipped.
-KNOWN_GAPS: dict[str, str] = {}
+_RANDOM_MASK = (
+    "training-mode dropout is random; the expected mask comes from numpy's RandomState(seed), "
+    "which torch's generator does not reproduce"
+)
+KNOWN_GAPS: dict[str, str] = {
+    "test_attention_4d_causal_fp16_expanded": (
+        "2 of 192 float16 outputs differ by one float16 step: the expected data rounds every "
+        "numpy step to float16, torch accumulates matmul and softmax in float32 and rounds once"
+    ),
+    "test_training_dropout": _RANDOM_MASK,
+    "test_training_dropout_default": _RANDOM_MASK,
+    "test_training_dropout_mask": _RANDOM_MASK,
+    "test_training_dropout_default_mask": _RANDOM_MASK,
+}
 
 
 def _claimed(case) -> bool:

@@ -4,8 +4,9 @@ logic, activations, variadic reductions (``Max``, ``Sum``...) and casts.
 ONNX broadcasting is numpy's, which torch follows. ONNX requires both operands of a binary
 operator to have one type, so torch's type promotion never applies, except where ONNX allows
 mixed types (``Pow``'s exponent, ``Shrink``'s float attributes on integers): there the function
-casts back to the input's type. Where ONNX defines what C leaves undefined (integer division,
-``Mod``'s sign, out-of-range shifts, ``Round``'s ties), the function says so.
+computes wide enough and casts back to the input's type. Where ONNX pins down what C or torch
+leave otherwise (integer division, ``Mod``'s signs, out-of-range shifts, ``Round``'s ties, the
+sign of NaN, float64 to float16 rounding), the function says how it follows ONNX.
 """
 
 from __future__ import annotations
@@ -384,7 +385,8 @@ def mish(x: torch.Tensor) -> torch.Tensor:
 @table.op("Softplus")
 def softplus(x: torch.Tensor) -> torch.Tensor:
     """log(1 + exp(x))"""
-    return F.softplus(x)
+    # F.softplus returns x itself above 20, off by up to 2e-9 (visible in float64)
+    return torch.logaddexp(x, torch.zeros_like(x))
 
 
 @table.op("Softsign")
@@ -398,8 +400,8 @@ def shrink(x: torch.Tensor, *, bias: float = 0.0, lambd: float = 0.5) -> torch.T
     """x + bias if x < -lambd, x - bias if x > lambd, else 0"""
     # integers meet the float bias in float64, which holds int32 exactly; ONNX keeps x's type
     values = x if x.dtype.is_floating_point else x.double()
-    result = torch.where(values < -lambd, values + bias, torch.where(values > lambd, values - bias, 0))
-    return result.to(x.dtype)
+    shrunk = torch.where(values > lambd, values - bias, 0)
+    return torch.where(values < -lambd, values + bias, shrunk).to(x.dtype)
 
 
 # Variadic operators -------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Products, reductions, normalizations and attention.
 
 Reductions take their axes from the ``axes`` input (opset 18 on; ``ReduceSum`` from 13) or the
-``axes`` attribute (the versions before), so opset-17 models lower too. Normalizations compute
-their first stage (the statistics) in ``stash_type`` and are one fused torch call when the input
-already has that type. ``Attention`` is the ONNX pattern written out (matmul, softcap, bias,
+``axes`` attribute (the versions before), so opset-17 models lower too. Normalizations with a
+``stash_type`` compute their first stage (the statistics) in it, and are one fused torch call
+when the input already has that type. ``Attention`` is the ONNX pattern written out (matmul, softcap, bias,
 softmax, matmul), not a fused kernel: the function cannot tell whether the graph reads its
 ``qk_matmul_output``, which a fused kernel never materializes.
 """
@@ -69,7 +69,7 @@ def matmul_integer(
         a = a - (a_zero_point.reshape(-1, 1) if a_zero_point.dim() == 1 else a_zero_point)
     if b_zero_point is not None:
         b = b - b_zero_point  # per column (N): broadcasts along the last axis as given
-    return torch.matmul(a, b)
+    return torch.matmul(a, b)  # torch multiplies integer matrices on the CPU only
 
 
 @table.op("Einsum")
@@ -125,7 +125,10 @@ def dropout(
 
 
 def _reduce_axes(
-    data: torch.Tensor, axes_input: IntList | None, axes: Sequence[int] | None, noop_with_empty_axes: int
+    data: torch.Tensor,
+    axes_input: IntList | None,
+    axes: Sequence[int] | None,
+    noop_with_empty_axes: int,
 ) -> list[int] | None:
     """The axes to reduce, from the input or (before opset 18) the attribute; None means none at
     all (the noop case)."""
@@ -135,7 +138,9 @@ def _reduce_axes(
     return [onnx_axis(a, data.dim()) for a in listed]
 
 
-def _filled(data: torch.Tensor, dims: list[int], keepdims: int, value: float | int | bool) -> torch.Tensor:
+def _filled(
+    data: torch.Tensor, dims: list[int], keepdims: int, value: float | int | bool
+) -> torch.Tensor:
     """The result of reducing ``dims`` of an empty tensor: ``value`` everywhere."""
     shape = [1 if i in dims else n for i, n in enumerate(data.shape) if keepdims or i not in dims]
     return torch.full(shape, value, dtype=data.dtype, device=data.device)
@@ -213,9 +218,11 @@ def reduce_mean(
         return data
     if data.dtype.is_floating_point:
         return torch.mean(data, dim=dims, keepdim=bool(keepdims))
-    # An integer mean is the sum divided by the count, truncated, as numpy casts it.
+    # An integer mean is the sum divided by the count, truncated, as numpy casts it; the mean of
+    # an empty set is undefined, and 0 here rather than a division by zero.
     total = torch.sum(data, dim=dims, keepdim=bool(keepdims), dtype=data.dtype)
-    return torch.div(total, math.prod(data.shape[d] for d in dims), rounding_mode="trunc")
+    count = math.prod(data.shape[d] for d in dims)
+    return torch.div(total, max(count, 1), rounding_mode="trunc")
 
 
 @table.op("ReduceProd", static_inputs=(1,))
@@ -337,17 +344,23 @@ def layer_normalization(
     and InvStdDev (shape ``X.shape[:axis] + [1, ...]``, type ``stash_type``)."""
     shape = x.shape[onnx_axis(axis, x.dim()):]
     stash = torch_dtype(stash_type)
-    if x.dtype == stash and scale.shape == shape and (bias is None or bias.shape == shape):
+    fused = scale.shape == shape and (bias is None or bias.shape == shape)
+    if x.dtype == stash and fused:
         return torch.native_layer_norm(x, shape, scale, bias, epsilon)
-    # The statistics in the stash type; the affine stage in X's type (or Scale broadcasts).
-    normalized, mean, inv_std_dev = torch.native_layer_norm(x.to(stash), shape, None, None, epsilon)
+    # The first stage in the stash type, the affine one in X's type, as the spec splits them.
+    normalized, mean, inv_std = torch.native_layer_norm(x.to(stash), shape, None, None, epsilon)
     y = normalized.to(x.dtype) * scale
-    return (y if bias is None else y + bias), mean, inv_std_dev
+    return (y if bias is None else y + bias), mean, inv_std
 
 
 @table.op("RMSNormalization")
 def rms_normalization(
-    x: torch.Tensor, scale: torch.Tensor, *, axis: int = -1, epsilon: float = 1e-5, stash_type: int = 1
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    axis: int = -1,
+    epsilon: float = 1e-5,
+    stash_type: int = 1,
 ) -> torch.Tensor:
     """Y = X / sqrt(mean(X²) + epsilon) · Scale over the axes from ``axis`` on."""
     shape = x.shape[onnx_axis(axis, x.dim()):]
@@ -369,15 +382,11 @@ def group_normalization(
 ) -> torch.Tensor:
     """Y = (X − mean) / sqrt(var + epsilon) · scale + bias, statistics per sample and group of
     channels, scale and bias per channel."""
-    channels = x.shape[1]
-    if scale.shape[0] != channels:  # GroupNormalization-18: one scale and bias per group
-        scale = scale.repeat_interleave(channels // num_groups)
-        bias = bias.repeat_interleave(channels // num_groups)
     stash = torch_dtype(stash_type)
     if x.dtype == stash:
         return F.group_norm(x, num_groups, scale, bias, epsilon)
     normalized = F.group_norm(x.to(stash), num_groups, None, None, epsilon).to(x.dtype)
-    per_channel = (channels,) + (1,) * (x.dim() - 2)
+    per_channel = (-1,) + (1,) * (x.dim() - 2)
     return normalized * scale.reshape(per_channel) + bias.reshape(per_channel)
 
 
@@ -390,7 +399,9 @@ def instance_normalization(
 
 
 @table.op("MeanVarianceNormalization")
-def mean_variance_normalization(x: torch.Tensor, *, axes: Sequence[int] = (0, 2, 3)) -> torch.Tensor:
+def mean_variance_normalization(
+    x: torch.Tensor, *, axes: Sequence[int] = (0, 2, 3)
+) -> torch.Tensor:
     """Y = (X − mean) / (sqrt(var) + 1e-9) over ``axes``."""
     var, mean = torch.var_mean(x, dim=list(axes), correction=0, keepdim=True)
     return (x - mean) / (torch.sqrt(var) + 1e-9)
@@ -428,7 +439,8 @@ def _attention_bias(
     rules = []
     if causal or left_window_size >= 0 or right_window_size >= 0:
         # How far key j lies behind query i, the queries coming after ``offset`` earlier keys.
-        behind = torch.arange(q_len, device=device)[:, None] + offset - torch.arange(kv_len, device=device)
+        queries = torch.arange(q_len, device=device)[:, None] + offset
+        behind = queries - torch.arange(kv_len, device=device)
         if causal:
             rules.append(behind >= 0)
         if left_window_size >= 0:
@@ -479,7 +491,9 @@ def attention(
     if scale is None:
         scale = 1.0 / math.sqrt(head_size)
     # Query head h reads key/value head h // groups: folding each group's heads into the query
-    # rows lets one batched matmul serve them all, without repeating K and V.
+    # rows lets one batched matmul serve them all, without repeating K and V. Q alone takes the
+    # whole scale (the spec splits it as sqrt(scale) on Q and on K): the scores are the same,
+    # without a pass over the whole K cache.
     grouped = (q * scale).reshape(batch, kv_heads, groups * q_len, head_size)
     scores = torch.matmul(grouped, k.transpose(-1, -2)).view(batch, heads, q_len, kv_len)
     capped = softcap * torch.tanh(scores / softcap) if softcap > 0 else scores
@@ -497,18 +511,22 @@ def attention(
     logits = capped if bias is None else capped + bias
     precision = torch_dtype(softmax_precision) if softmax_precision else None
     probs = torch.softmax(logits, dim=-1, dtype=precision).to(q.dtype)
-    may_mask_rows = (
-        attn_mask is not None or nonpad_kv_seqlen is not None or left_window_size >= 0 or right_window_size >= 0
-    )
-    if bias is not None and may_mask_rows:
-        # A query that may attend no key gets zeros, not softmax's NaN; decided on the bias, as
-        # the logits may be NaN for other reasons. (Causal alone always leaves key 0.)
-        probs = probs.masked_fill(torch.amax(bias, dim=-1, keepdim=True) == -math.inf, 0.0)
-
     y = torch.matmul(probs.reshape(batch, kv_heads, groups * q_len, kv_len), v)
     y = y.view(batch, heads, q_len, -1)
+
+    # A query left with no key to attend gives zeros, not softmax's NaN. That is decided on the
+    # bias, since the logits may be NaN for other reasons, and applied to Y, much smaller than
+    # the probabilities. Causal masking alone always leaves key 0.
+    windowed = left_window_size >= 0 or right_window_size >= 0
+    if bias is not None and (attn_mask is not None or nonpad_kv_seqlen is not None or windowed):
+        unattended = torch.amax(bias, dim=-1, keepdim=True) == -math.inf
+        y = y.masked_fill(unattended, 0.0)
+        if qk_matmul_output_mode == 3:
+            probs = probs.masked_fill(unattended, 0.0)
     if three_d:
         y = y.transpose(1, 2).reshape(batch, q_len, -1)
+    # Mode 0 is the product before the softcap, as the spec and its function body say (the numpy
+    # reference returns it softcapped).
     qk = (scores, capped, logits, probs)[qk_matmul_output_mode]
     return y, k, v, qk
 

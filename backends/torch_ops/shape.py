@@ -1,6 +1,7 @@
-"""Operators that move, select or describe data: shapes and reshapes, slicing, gathering and
-scattering, padding and tiling, splitting, cumulative sums, index searches (``ArgMax``,
-``TopK``, ``NonZero``, ``Unique``) and constants.
+"""Operators that move, select, make or describe data: shapes and reshapes, slicing and
+splitting, gathering and scattering, padding and tiling, triangles and diagonals, constants and
+ranges, cumulative sums and products, and index searches (``ArgMax``, ``TopK``, ``NonZero``,
+``Unique``).
 
 Axes may be negative (counted from the end) and so may indices (``Gather``, ``GatherElements``,
 ``ScatterND``...), as in ONNX. Integer lists (shapes, axes, pads, repeats, ``k``) are static
@@ -125,7 +126,8 @@ def split(
     num_outputs: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Parts of the given sizes, or ``num_outputs`` parts of ceil(n / num_outputs), the last
-    one smaller when the dimension does not divide evenly."""
+    one smaller when the dimension does not divide evenly. (The lowering passes the node's
+    output count as ``num_outputs`` when the node does not set it: Split before opset 18.)"""
     if split is not None:
         sizes = ints(split)
     elif num_outputs is not None:
@@ -133,9 +135,7 @@ def split(
         part = -(-length // num_outputs)
         sizes = [part] * (num_outputs - 1) + [length - part * (num_outputs - 1)]
     else:
-        # Before opset 18 the number of equal parts is the node's number of outputs, which
-        # the function is not given.
-        raise NotImplementedError("Split needs the 'split' input or the 'num_outputs' attribute")
+        raise ValueError("Split needs the 'split' input or the 'num_outputs' attribute")
     return torch.split(data, sizes, dim=axis)
 
 
