@@ -31,6 +31,7 @@ import onnx_ir as ir
 import torch
 import torch.fx
 
+from kirin_compiler.backends import torch_fusion
 from kirin_compiler.backends.torch_ops import OPS, OnnxOp
 from kirin_compiler.backends.torch_ops._table import as_tensor, supported_dtypes
 from kirin_compiler.errors import UnsupportedOpError
@@ -69,8 +70,13 @@ class _Lowering:
     def run(self) -> torch.fx.GraphModule:
         for value in self.model.graph.inputs:
             self.env[value] = self.graph.placeholder(_identifier(value.name))
+        attention = torch_fusion.find_attention(self.model.graph)
+        fused = {node for match in attention.values() for node in match.nodes}
         for node in self.model.graph:
-            self._lower_node(node)
+            if node in attention:
+                self._lower_attention(node, attention[node])
+            elif node not in fused:
+                self._lower_node(node)
         outputs = tuple(self._operand(value, static=False) for value in self.model.graph.outputs)
         self.graph.output(outputs)
         self.graph.lint()
@@ -79,6 +85,9 @@ class _Lowering:
         return module
 
     def _lower_node(self, node: ir.Node) -> None:
+        if _is_linear(node):
+            self._lower_linear(node)
+            return
         op = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if op is None:
             name = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
@@ -113,6 +122,31 @@ class _Lowering:
                 self.env[value] = self.graph.create_node(
                     "call_function", operator.getitem, (result, index), name=_identifier(value.name)
                 )
+
+    def _lower_linear(self, node: ir.Node) -> None:
+        """``MatMul(x, W)`` with a constant ``W[K, N]`` as ``linear(x, W^T)``: the weight is kept
+        as ``[N, K]``, the layout whose GEMM is fastest on CPU (and torch's own ``nn.Linear``)."""
+        x, weight = node.inputs
+        transposed = np.ascontiguousarray(weight.const_value.numpy().T)
+        weight_node = self._buffer(f"{weight.name}_t", transposed)
+        output = node.outputs[0]
+        self.env[output] = self.graph.create_node(
+            "call_function", torch.nn.functional.linear, (self._operand(x, static=False), weight_node),
+            name=_identifier(output.name),
+        )
+
+    def _lower_attention(self, node: ir.Node, match: torch_fusion.AttentionMatch) -> None:
+        operands = [match.query, match.key_transposed, match.value]
+        if match.mask is not None:
+            operands.append(match.mask)
+        output = node.outputs[0]
+        self.env[output] = self.graph.create_node(
+            "call_function",
+            torch_fusion.fused_attention,
+            tuple(self._operand(v, static=False) for v in operands),
+            {"scale": match.scale, "zero_nan_rows": match.zero_nan_rows},
+            name=_identifier(output.name),
+        )
 
     def _operand(self, value: ir.Value | None, static: bool) -> Any:
         if value is None or (not value.name and value.producer() is None):
@@ -157,6 +191,21 @@ class _Lowering:
         raise UnsupportedOpError(
             node.name, node.op_type, f"attribute '{attr.name}' of type {kind.name} is not supported"
         )
+
+
+def _is_linear(node: ir.Node) -> bool:
+    if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+        return False
+    x, weight = node.inputs
+    return (
+        weight is not None
+        and weight.const_value is not None
+        and not weight.is_graph_input()
+        and len(weight.const_value.shape) == 2
+        and x is not None
+        and x.dtype == weight.const_value.dtype
+        and weight.const_value.dtype.is_floating_point()
+    )
 
 
 def _identifier(name: str) -> str:

@@ -7,6 +7,8 @@ many cases pass, are skipped and fail: the table in docs/backends.md. Run::
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import pathlib
 import sys
 
@@ -27,8 +29,9 @@ class _Outcomes:
 
 def main() -> int:
     outcomes = _Outcomes()
-    pytest.main(["-q", "-p", "no:cacheprovider", str(REPO / "tests" / "test_onnx_conformance.py")],
-                plugins=[outcomes])
+    with contextlib.redirect_stdout(io.StringIO()):  # the report is the only output
+        pytest.main(["-q", "-p", "no:cacheprovider", str(REPO / "tests" / "test_onnx_conformance.py")],
+                    plugins=[outcomes])
     sys.path.insert(0, str(REPO / "tests"))
     from onnx.backend.test.loader import load_model_tests
 

@@ -61,9 +61,62 @@ def test_generated_code_reads_like_the_ir(exported):
     model = load_model(exported("llama", "dynamo", 18))
     compile_model(model)
     code = lower(model).code
-    assert "onnx_matmul(" in code and "self.layers_0_q_weight" in code
+    assert "linear(v" in code and "self.layers_0_q_weight_t" in code
+    assert "fused_attention(" in code and "onnx_softmax(" not in code
     assert "onnx_reshape(" in code or "onnx_unsqueeze(" in code
     assert "kirin_compiler_backends" not in code  # short names, not module paths
+
+
+def _attention_model(mask_kind: str, extra_use: bool = False) -> ir.Model:
+    """Q·K^T, scale, mask, Softmax, NaN guard, P·V: the decomposition exporters write."""
+    f = onnx.TensorProto.FLOAT
+    nodes = [
+        oh.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        oh.make_node("MatMul", ["q", "kt"], ["qk"]),
+        oh.make_node("Mul", ["qk", "scale"], ["scaled"]),
+        oh.make_node("Add", ["scaled", "mask"], ["masked"]) if mask_kind == "float"
+        else oh.make_node("Where", ["mask", "scaled", "minus_inf"], ["masked"]),
+        oh.make_node("Softmax", ["masked"], ["p"], axis=-1),
+        oh.make_node("IsNaN", ["p"], ["nan"]),
+        oh.make_node("Where", ["nan", "zero", "p"], ["pg"]),
+        oh.make_node("MatMul", ["pg", "v"], ["y"]),
+    ]
+    outputs = [oh.make_tensor_value_info("y", f, None)]
+    if extra_use:
+        outputs.append(oh.make_tensor_value_info("p", f, None))
+    mask_type = f if mask_kind == "float" else onnx.TensorProto.BOOL
+    graph = oh.make_graph(
+        nodes, "g",
+        [oh.make_tensor_value_info(n, f, [1, 2, 4, 8]) for n in "qkv"]
+        + [oh.make_tensor_value_info("mask", mask_type, [1, 1, 4, 4])],
+        outputs,
+        [onnx.numpy_helper.from_array(np.array(0.35, np.float32), "scale"),
+         onnx.numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf"),
+         onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero")],
+    )
+    proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)])
+    return ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(proto))
+
+
+@pytest.mark.parametrize("mask_kind", ["float", "bool"])
+def test_decomposed_attention_runs_fused_and_exact(mask_kind):
+    model = _attention_model(mask_kind)
+    module = lower(model)
+    assert "fused_attention(" in module.code and "onnx_softmax" not in module.code
+    rng = np.random.default_rng(0)
+    feed = {n: rng.standard_normal((1, 2, 4, 8)).astype(np.float32) for n in "qkv"}
+    allowed = np.tril(np.ones((4, 4), bool))
+    allowed[2] = False  # a fully masked row: the graph's guard makes it 0
+    feed["mask"] = (allowed if mask_kind == "bool" else np.where(allowed, 0, -np.inf))[None, None]
+    feed["mask"] = feed["mask"].astype(np.float32 if mask_kind == "float" else bool)
+    (expected,) = ort_backend.run(model, feed)
+    (actual,) = run(module, model, feed)
+    assert np.all(actual[0, :, 2] == 0)
+    assert np.abs(actual - expected).max() <= 1e-6
+
+
+def test_attention_is_not_fused_when_an_inner_value_is_used_elsewhere():
+    assert "fused_attention(" not in lower(_attention_model("float", extra_use=True)).code
 
 
 def _single_node_model(node: onnx.NodeProto, opset: int = 18) -> ir.Model:

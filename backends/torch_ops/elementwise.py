@@ -61,6 +61,9 @@ def pow_(base: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
     if exponent.dtype.is_floating_point and not base.dtype.is_floating_point:
         # an integer base is raised in float64, which holds it exactly (float32 would round it)
         return torch.pow(base.double(), exponent.double()).to(base.dtype)
+    if exponent.dim() == 0 and base.dtype == exponent.dtype:
+        # A scalar exponent (x ** 2 in every RMSNorm) takes torch's fast paths (square, sqrt).
+        return torch.pow(base, exponent.item())
     return _convert(torch.pow(base, exponent), base.dtype)  # the result has the base's type
 
 
