@@ -21,6 +21,7 @@ demo: $(STAMP)
 	mkdir -p build
 	$(VENV)/bin/kirinc models/tiny_llama.onnx -o build/tiny_llama.kirin --dump-dir build/dumps --time-passes
 	$(VENV)/bin/kirinc inspect build/tiny_llama.kirin
+	$(VENV)/bin/kirinc run build/tiny_llama.kirin --input models/tiny_llama_ids.npy
 
 test: $(STAMP)
 	$(PY) -m pytest -q
