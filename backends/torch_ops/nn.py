@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -155,176 +155,99 @@ def _extreme(dtype: torch.dtype, lowest: bool) -> float | int | bool:
     return torch.iinfo(dtype).min if lowest else torch.iinfo(dtype).max
 
 
-@table.op("ReduceMax", static_inputs=(1,))
-def reduce_max(
-    data: torch.Tensor,
-    axes_input: IntList | None = None,
-    *,
-    axes: Sequence[int] | None = None,
-    keepdims: int = 1,
-    noop_with_empty_axes: int = 0,
-) -> torch.Tensor:
-    dims = _reduce_axes(data, axes_input, axes, noop_with_empty_axes)
-    if dims is None:
-        return data
+def _reduction(name: str, on_noop: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> Callable:
+    """Registers ``reduce(data, dims, keepdim)`` as the ONNX reduction ``name``, with the
+    operator's signature: axes from the input or (before opset 18) the attribute, ``keepdims``,
+    and ``noop_with_empty_axes``, where only the elementwise part (``on_noop``) applies."""
+
+    def register(reduce: Callable) -> Callable:
+        def reduction(
+            data: torch.Tensor,
+            axes_input: IntList | None = None,
+            *,
+            axes: Sequence[int] | None = None,
+            keepdims: int = 1,
+            noop_with_empty_axes: int = 0,
+        ) -> torch.Tensor:
+            dims = _reduce_axes(data, axes_input, axes, noop_with_empty_axes)
+            return on_noop(data) if dims is None else reduce(data, dims, bool(keepdims))
+
+        functools.update_wrapper(reduction, reduce)
+        del reduction.__wrapped__  # the signature is the wrapper's (its attributes are read)
+        return table.op(name, static_inputs=(1,))(reduction)
+
+    return register
+
+
+@_reduction("ReduceMax")
+def reduce_max(data: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
     if data.numel() == 0:
-        return _filled(data, dims, keepdims, _extreme(data.dtype, lowest=True))
-    return torch.amax(data, dim=dims, keepdim=bool(keepdims))
+        return _filled(data, dims, keepdim, _extreme(data.dtype, lowest=True))
+    return torch.amax(data, dim=dims, keepdim=keepdim)
 
 
-@table.op("ReduceMin", static_inputs=(1,))
-def reduce_min(
-    data: torch.Tensor,
-    axes_input: IntList | None = None,
-    *,
-    axes: Sequence[int] | None = None,
-    keepdims: int = 1,
-    noop_with_empty_axes: int = 0,
-) -> torch.Tensor:
-    dims = _reduce_axes(data, axes_input, axes, noop_with_empty_axes)
-    if dims is None:
-        return data
+@_reduction("ReduceMin")
+def reduce_min(data: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
     if data.numel() == 0:
-        return _filled(data, dims, keepdims, _extreme(data.dtype, lowest=False))
-    return torch.amin(data, dim=dims, keepdim=bool(keepdims))
+        return _filled(data, dims, keepdim, _extreme(data.dtype, lowest=False))
+    return torch.amin(data, dim=dims, keepdim=keepdim)
 
 
-@table.op("ReduceSum", static_inputs=(1,))
-def reduce_sum(
-    data: torch.Tensor,
-    axes_input: IntList | None = None,
-    *,
-    axes: Sequence[int] | None = None,
-    keepdims: int = 1,
-    noop_with_empty_axes: int = 0,
-) -> torch.Tensor:
-    dims = _reduce_axes(data, axes_input, axes, noop_with_empty_axes)
-    if dims is None:
-        return data
-    return torch.sum(data, dim=dims, keepdim=bool(keepdims), dtype=data.dtype)  # ints stay ints
+@_reduction("ReduceSum")
+def reduce_sum(data: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
+    return torch.sum(data, dim=dims, keepdim=keepdim, dtype=data.dtype)  # ints stay ints
 
 
-@table.op("ReduceMean", static_inputs=(1,))
-def reduce_mean(
-    data: torch.Tensor,
-    axes_input: IntList | None = None,
-    *,
-    axes: Sequence[int] | None = None,
-    keepdims: int = 1,
-    noop_with_empty_axes: int = 0,
-) -> torch.Tensor:
-    dims = _reduce_axes(data, axes_input, axes, noop_with_empty_axes)
-    if dims is None:
-        return data
+@_reduction("ReduceMean")
+def reduce_mean(data: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
     if data.dtype.is_floating_point:
-        return torch.mean(data, dim=dims, keepdim=bool(keepdims))
+        return torch.mean(data, dim=dims, keepdim=keepdim)
     # An integer mean is the sum divided by the count, truncated, as numpy casts it; the mean of
     # an empty set is undefined, and 0 here rather than a division by zero.
-    total = torch.sum(data, dim=dims, keepdim=bool(keepdims), dtype=data.dtype)
+    total = torch.sum(data, dim=dims, keepdim=keepdim, dtype=data.dtype)
     count = math.prod(data.shape[d] for d in dims)
     return torch.div(total, max(count, 1), rounding_mode="trunc")
 
 
-@table.op("ReduceProd", static_inputs=(1,))
-def reduce_prod(
-    data: torch.Tensor,
-    axes_input: IntList | None = None,
-    *,
-    axes: Sequence[int] | None = None,
-    keepdims: int = 1,
-    noop_with_empty_axes: int = 0,
-) -> torch.Tensor:
-    dims = _reduce_axes(data, axes_input, axes, noop_with_empty_axes)
-    if dims is None:
-        return data
+@_reduction("ReduceProd")
+def reduce_prod(data: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
     # torch.prod reduces one axis at a time; from the last, so the others keep their index.
     for dim in sorted(dims, reverse=True):
-        data = torch.prod(data, dim=dim, keepdim=bool(keepdims), dtype=data.dtype)
+        data = torch.prod(data, dim=dim, keepdim=keepdim, dtype=data.dtype)
     return data
 
 
-@table.op("ReduceL1", static_inputs=(1,))
-def reduce_l1(
-    data: torch.Tensor,
-    axes_input: IntList | None = None,
-    *,
-    axes: Sequence[int] | None = None,
-    keepdims: int = 1,
-    noop_with_empty_axes: int = 0,
-) -> torch.Tensor:
+@_reduction("ReduceL1", on_noop=torch.abs)
+def reduce_l1(data: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
     """sum(|X|); the noop case still takes |X|."""
-    dims = _reduce_axes(data, axes_input, axes, noop_with_empty_axes)
-    if dims is None:
-        return torch.abs(data)
-    return torch.sum(torch.abs(data), dim=dims, keepdim=bool(keepdims), dtype=data.dtype)
+    return torch.sum(torch.abs(data), dim=dims, keepdim=keepdim, dtype=data.dtype)
 
 
-@table.op("ReduceL2", static_inputs=(1,))
-def reduce_l2(
-    data: torch.Tensor,
-    axes_input: IntList | None = None,
-    *,
-    axes: Sequence[int] | None = None,
-    keepdims: int = 1,
-    noop_with_empty_axes: int = 0,
-) -> torch.Tensor:
+@_reduction("ReduceL2", on_noop=torch.abs)
+def reduce_l2(data: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
     """sqrt(sum(X²)); the noop case still takes sqrt(X²) = |X|."""
-    dims = _reduce_axes(data, axes_input, axes, noop_with_empty_axes)
-    if dims is None:
-        return torch.abs(data)
     if data.dtype.is_floating_point:
-        return torch.linalg.vector_norm(data, 2, dim=dims, keepdim=bool(keepdims))
+        return torch.linalg.vector_norm(data, 2, dim=dims, keepdim=keepdim)
     # Integers: the root in float64, truncated back, as the reference does.
-    norm = torch.linalg.vector_norm(data.double(), 2, dim=dims, keepdim=bool(keepdims))
-    return norm.to(data.dtype)
+    return torch.linalg.vector_norm(data.double(), 2, dim=dims, keepdim=keepdim).to(data.dtype)
 
 
-@table.op("ReduceSumSquare", static_inputs=(1,))
-def reduce_sum_square(
-    data: torch.Tensor,
-    axes_input: IntList | None = None,
-    *,
-    axes: Sequence[int] | None = None,
-    keepdims: int = 1,
-    noop_with_empty_axes: int = 0,
-) -> torch.Tensor:
+@_reduction("ReduceSumSquare", on_noop=torch.square)
+def reduce_sum_square(data: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
     """sum(X²); the noop case still takes X²."""
-    dims = _reduce_axes(data, axes_input, axes, noop_with_empty_axes)
-    if dims is None:
-        return torch.square(data)
-    return torch.sum(torch.square(data), dim=dims, keepdim=bool(keepdims), dtype=data.dtype)
+    return torch.sum(torch.square(data), dim=dims, keepdim=keepdim, dtype=data.dtype)
 
 
-@table.op("ReduceLogSum", static_inputs=(1,))
-def reduce_log_sum(
-    data: torch.Tensor,
-    axes_input: IntList | None = None,
-    *,
-    axes: Sequence[int] | None = None,
-    keepdims: int = 1,
-    noop_with_empty_axes: int = 0,
-) -> torch.Tensor:
+@_reduction("ReduceLogSum", on_noop=torch.log)
+def reduce_log_sum(data: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
     """log(sum(X)); the noop case still takes log(X); an empty sum gives -inf."""
-    dims = _reduce_axes(data, axes_input, axes, noop_with_empty_axes)
-    if dims is None:
-        return torch.log(data)
-    return torch.log(torch.sum(data, dim=dims, keepdim=bool(keepdims)))
+    return torch.log(torch.sum(data, dim=dims, keepdim=keepdim))
 
 
-@table.op("ReduceLogSumExp", static_inputs=(1,))
-def reduce_log_sum_exp(
-    data: torch.Tensor,
-    axes_input: IntList | None = None,
-    *,
-    axes: Sequence[int] | None = None,
-    keepdims: int = 1,
-    noop_with_empty_axes: int = 0,
-) -> torch.Tensor:
+@_reduction("ReduceLogSumExp")
+def reduce_log_sum_exp(data: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
     """log(sum(exp(X))); the noop case is log(exp(X)) = X; an empty sum gives -inf."""
-    dims = _reduce_axes(data, axes_input, axes, noop_with_empty_axes)
-    if dims is None:
-        return data
-    return torch.logsumexp(data, dim=dims, keepdim=bool(keepdims))
+    return torch.logsumexp(data, dim=dims, keepdim=keepdim)
 
 
 # Normalizations ---------------------------------------------------------------------------------
