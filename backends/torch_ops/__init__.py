@@ -1,10 +1,11 @@
 """ONNX operators written as torch functions: the op table of the torch backend.
 
-Each ONNX operator is one plain function with the ONNX semantics exactly (broadcasting,
-negative axes, ``Reshape``'s 0 and -1, ``Slice`` steps, integer division, casts): its positional
-parameters are the operator's inputs (``None`` for a missing optional one), its keyword-only
-parameters are the operator's attributes, with the ONNX defaults. A function returns a tensor, or
-a tuple of tensors for an operator with several outputs.
+Each ONNX operator is one function with the ONNX semantics exactly (broadcasting, negative axes,
+``Reshape``'s 0 and -1, ``Slice`` steps, integer division, casts): a torch function itself where
+its semantics are exactly the operator's (``Add`` is ``torch.add``), else a small function whose
+positional parameters are the operator's inputs (``None`` for a missing optional one) and whose
+keyword-only parameters are the operator's attributes, with the ONNX defaults. A function
+returns a tensor, or a tuple of tensors for an operator with several outputs.
 
 `OnnxOp.static_inputs` names the inputs that are integer lists in practice (shapes, axes,
 starts and ends, repeats): when such an input is a constant, the lowering writes it into the
@@ -29,6 +30,8 @@ OPS: dict[str, OnnxOp] = OpTable.merge(elementwise.table, shape.table, nn.table)
 # Generated code names each function ``onnx_<name>`` instead of its full module path
 # (``v3 = onnx_reshape(v2, [0, 0, 4, 16])``): fx's table of names it may use as globals.
 for _op in OPS.values():
+    if _op.fn.__module__ is None or _op.fn.__module__.startswith("torch"):
+        continue  # torch's own functions print as torch.<name>
     _name = f"onnx_{_op.fn.__name__.rstrip('_')}"
     torch.fx.graph._register_custom_builtin(
         _name, f"from {_op.fn.__module__} import {_op.fn.__name__} as {_name}", _op.fn

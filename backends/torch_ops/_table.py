@@ -25,9 +25,13 @@ class OnnxOp:
     @property
     def attributes(self) -> frozenset[str]:
         """The attribute names the function accepts (its keyword-only parameters)."""
+        try:
+            parameters = inspect.signature(self.fn).parameters
+        except ValueError:  # a torch builtin registered as it is: it takes no attributes
+            return frozenset()
         return frozenset(
             name
-            for name, parameter in inspect.signature(self.fn).parameters.items()
+            for name, parameter in parameters.items()
             if parameter.kind is inspect.Parameter.KEYWORD_ONLY
         )
 

@@ -19,22 +19,56 @@ from kirin_compiler.backends.torch_ops._table import OpTable, torch_dtype
 table = OpTable()
 
 
+# Operators whose ONNX semantics are exactly a torch function's (the same inputs, no attributes):
+# the table holds the torch function itself, and generated code calls it by its torch name.
+for _name, _function in {
+    "Add": torch.add,
+    "Sub": torch.sub,
+    "Mul": torch.mul,
+    "Neg": torch.neg,
+    "Abs": torch.abs,
+    "Reciprocal": torch.reciprocal,
+    "Sqrt": torch.sqrt,
+    "Exp": torch.exp,
+    "Log": torch.log,
+    "Sin": torch.sin,
+    "Cos": torch.cos,
+    "Tan": torch.tan,
+    "Asin": torch.asin,
+    "Acos": torch.acos,
+    "Atan": torch.atan,
+    "Sinh": torch.sinh,
+    "Cosh": torch.cosh,
+    "Tanh": torch.tanh,
+    "Asinh": torch.asinh,
+    "Acosh": torch.acosh,
+    "Atanh": torch.atanh,
+    "Erf": torch.erf,
+    "Ceil": torch.ceil,
+    "Floor": torch.floor,
+    "Round": torch.round,  # halves to even, as ONNX asks
+    "BitwiseAnd": torch.bitwise_and,
+    "BitwiseOr": torch.bitwise_or,
+    "BitwiseXor": torch.bitwise_xor,
+    "BitwiseNot": torch.bitwise_not,
+    "Equal": torch.eq,
+    "Less": torch.lt,
+    "LessOrEqual": torch.le,
+    "Greater": torch.gt,
+    "GreaterOrEqual": torch.ge,
+    "IsNaN": torch.isnan,
+    "And": torch.logical_and,
+    "Or": torch.logical_or,
+    "Xor": torch.logical_xor,
+    "Not": torch.logical_not,
+    "Where": torch.where,
+    "Sigmoid": torch.sigmoid,
+    "Relu": torch.relu,
+}.items():
+    table.op(_name)(_function)
+
+
 # Arithmetic ---------------------------------------------------------------------------------------
-
-
-@table.op("Add")
-def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.add(a, b)
-
-
-@table.op("Sub")
-def sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.sub(a, b)
-
-
-@table.op("Mul")
-def mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.mul(a, b)
 
 
 @table.op("Div")
@@ -67,16 +101,6 @@ def pow_(base: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
     return _convert(torch.pow(base, exponent), base.dtype)  # the result has the base's type
 
 
-@table.op("Neg")
-def neg(x: torch.Tensor) -> torch.Tensor:
-    return torch.neg(x)
-
-
-@table.op("Abs")
-def abs_(x: torch.Tensor) -> torch.Tensor:
-    return torch.abs(x)
-
-
 @table.op("Sign")
 def sign(x: torch.Tensor) -> torch.Tensor:
     if x.dtype.is_floating_point:
@@ -84,133 +108,9 @@ def sign(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x)
 
 
-@table.op("Reciprocal")
-def reciprocal(x: torch.Tensor) -> torch.Tensor:
-    return torch.reciprocal(x)
-
-
-# Math functions -----------------------------------------------------------------------------------
-
-
-@table.op("Sqrt")
-def sqrt(x: torch.Tensor) -> torch.Tensor:
-    return torch.sqrt(x)
-
-
-@table.op("Exp")
-def exp(x: torch.Tensor) -> torch.Tensor:
-    return torch.exp(x)
-
-
-@table.op("Log")
-def log(x: torch.Tensor) -> torch.Tensor:
-    return torch.log(x)
-
-
-@table.op("Sin")
-def sin(x: torch.Tensor) -> torch.Tensor:
-    return torch.sin(x)
-
-
-@table.op("Cos")
-def cos(x: torch.Tensor) -> torch.Tensor:
-    return torch.cos(x)
-
-
-@table.op("Tan")
-def tan(x: torch.Tensor) -> torch.Tensor:
-    return torch.tan(x)
-
-
-@table.op("Asin")
-def asin(x: torch.Tensor) -> torch.Tensor:
-    return torch.asin(x)
-
-
-@table.op("Acos")
-def acos(x: torch.Tensor) -> torch.Tensor:
-    return torch.acos(x)
-
-
-@table.op("Atan")
-def atan(x: torch.Tensor) -> torch.Tensor:
-    return torch.atan(x)
-
-
-@table.op("Sinh")
-def sinh(x: torch.Tensor) -> torch.Tensor:
-    return torch.sinh(x)
-
-
-@table.op("Cosh")
-def cosh(x: torch.Tensor) -> torch.Tensor:
-    return torch.cosh(x)
-
-
-@table.op("Tanh")
-def tanh(x: torch.Tensor) -> torch.Tensor:
-    return torch.tanh(x)
-
-
-@table.op("Asinh")
-def asinh(x: torch.Tensor) -> torch.Tensor:
-    return torch.asinh(x)
-
-
-@table.op("Acosh")
-def acosh(x: torch.Tensor) -> torch.Tensor:
-    return torch.acosh(x)
-
-
-@table.op("Atanh")
-def atanh(x: torch.Tensor) -> torch.Tensor:
-    return torch.atanh(x)
-
-
-@table.op("Erf")
-def erf(x: torch.Tensor) -> torch.Tensor:
-    return torch.erf(x)
-
-
-# Rounding -----------------------------------------------------------------------------------------
-
-
-@table.op("Ceil")
-def ceil(x: torch.Tensor) -> torch.Tensor:
-    return torch.ceil(x)
-
-
-@table.op("Floor")
-def floor(x: torch.Tensor) -> torch.Tensor:
-    return torch.floor(x)
-
-
-@table.op("Round")
-def round_(x: torch.Tensor) -> torch.Tensor:
-    return torch.round(x)  # halves to even, as ONNX asks
 
 
 # Bitwise operators --------------------------------------------------------------------------------
-
-
-@table.op("BitwiseAnd")
-def bitwise_and(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.bitwise_and(a, b)
-
-
-@table.op("BitwiseOr")
-def bitwise_or(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.bitwise_or(a, b)
-
-
-@table.op("BitwiseXor")
-def bitwise_xor(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.bitwise_xor(a, b)
-
-
-@table.op("BitwiseNot")
-def bitwise_not(x: torch.Tensor) -> torch.Tensor:
-    return torch.bitwise_not(x)
 
 
 @table.op("BitShift")
@@ -228,64 +128,9 @@ def bit_shift(x: torch.Tensor, shift: torch.Tensor, *, direction: str) -> torch.
 # Comparisons and logic ----------------------------------------------------------------------------
 
 
-@table.op("Equal")
-def equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.eq(a, b)
-
-
-@table.op("Less")
-def less(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.lt(a, b)
-
-
-@table.op("LessOrEqual")
-def less_or_equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.le(a, b)
-
-
-@table.op("Greater")
-def greater(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.gt(a, b)
-
-
-@table.op("GreaterOrEqual")
-def greater_or_equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.ge(a, b)
-
-
-@table.op("IsNaN")
-def isnan(x: torch.Tensor) -> torch.Tensor:
-    return torch.isnan(x)
-
-
 @table.op("IsInf")
 def isinf(x: torch.Tensor, *, detect_negative: int = 1, detect_positive: int = 1) -> torch.Tensor:
     return (torch.isposinf(x) & bool(detect_positive)) | (torch.isneginf(x) & bool(detect_negative))
-
-
-@table.op("And")
-def and_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.logical_and(a, b)
-
-
-@table.op("Or")
-def or_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.logical_or(a, b)
-
-
-@table.op("Xor")
-def xor(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.logical_xor(a, b)
-
-
-@table.op("Not")
-def not_(x: torch.Tensor) -> torch.Tensor:
-    return torch.logical_not(x)
-
-
-@table.op("Where")
-def where(condition: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return torch.where(condition, x, y)
 
 
 @table.op("Clip")
@@ -301,11 +146,6 @@ def clip(
 # Activations --------------------------------------------------------------------------------------
 
 
-@table.op("Sigmoid")
-def sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(x)
-
-
 @table.op("HardSigmoid")
 def hard_sigmoid(x: torch.Tensor, *, alpha: float = 0.2, beta: float = 0.5) -> torch.Tensor:
     """max(0, min(1, alpha * x + beta))"""
@@ -316,11 +156,6 @@ def hard_sigmoid(x: torch.Tensor, *, alpha: float = 0.2, beta: float = 0.5) -> t
 def hard_swish(x: torch.Tensor) -> torch.Tensor:
     """x * max(0, min(1, x / 6 + 1 / 2))"""
     return F.hardswish(x)
-
-
-@table.op("Relu")
-def relu(x: torch.Tensor) -> torch.Tensor:
-    return torch.relu(x)
 
 
 @table.op("LeakyRelu")
@@ -485,3 +320,4 @@ def bit_cast(x: torch.Tensor, *, to: int) -> torch.Tensor:
 @table.op("Identity")
 def identity(x: torch.Tensor) -> torch.Tensor:
     return x
+

@@ -28,10 +28,8 @@ IntList = torch.Tensor | Sequence[int]
 
 # Products ---------------------------------------------------------------------------------------
 
-
-@table.op("MatMul")
-def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.matmul(a, b)
+# ONNX MatMul is numpy's matmul, which torch.matmul is: the table holds the torch function itself.
+table.op("MatMul")(torch.matmul)
 
 
 @table.op("Gemm")
