@@ -11,6 +11,8 @@ sign of NaN, float64 to float16 rounding), the function says how it follows ONNX
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -247,26 +249,17 @@ def shrink(x: torch.Tensor, *, bias: float = 0.0, lambd: float = 0.5) -> torch.T
 
 @table.op("Max")
 def max_(*inputs: torch.Tensor) -> torch.Tensor:
-    result = inputs[0]
-    for other in inputs[1:]:
-        result = torch.maximum(result, other)  # NaN wins, as in numpy
-    return result
+    return functools.reduce(torch.maximum, inputs)  # NaN wins, as in numpy
 
 
 @table.op("Min")
 def min_(*inputs: torch.Tensor) -> torch.Tensor:
-    result = inputs[0]
-    for other in inputs[1:]:
-        result = torch.minimum(result, other)
-    return result
+    return functools.reduce(torch.minimum, inputs)
 
 
 @table.op("Sum")
 def sum_(*inputs: torch.Tensor) -> torch.Tensor:
-    result = inputs[0]
-    for other in inputs[1:]:
-        result = torch.add(result, other)
-    return result
+    return functools.reduce(torch.add, inputs)
 
 
 @table.op("Mean")
