@@ -25,6 +25,7 @@ from kirin_compiler.format import (
     atomic_path,
     KEY_PIPELINE,
     check_writable,
+    external_data_files,
     load_model,
     save_kirin,
     source_provenance,
@@ -135,6 +136,8 @@ def _compile(args: argparse.Namespace) -> int:
             raise KirinError(f"output '{args.output}' is the input file; choose another name")
     instruments = _instruments(args)
     model = load_model(args.input)
+    if args.output is not None:
+        _refuse_to_overwrite_inputs(args.output, external_data_files(model))
     compile_model(model, passes, instruments=instruments, stop_after=args.stop_after)
     if args.output is None:
         print("kirinc: no -o given: nothing written", file=sys.stderr)
@@ -142,14 +145,27 @@ def _compile(args: argparse.Namespace) -> int:
     # A .kirin input keeps the provenance of the model it was first compiled from.
     is_kirin = KEY_FORMAT_VERSION in model.metadata_props
     source = None if is_kirin else source_provenance(args.input)
-    save_kirin(model, args.output, source)
-    size = pathlib.Path(args.output).stat().st_size
+    written = save_kirin(model, args.output, source)
     print(
-        f"kirinc: wrote {args.output} ({node_count(model)} nodes, {size / 1e6:.2f} MB; "
+        f"kirinc: wrote {args.output} ({node_count(model)} nodes, {_sizes(written)}; "
         f"pipeline {model.metadata_props[KEY_PIPELINE]})",
         file=sys.stderr,
     )
     return 0
+
+
+def _refuse_to_overwrite_inputs(output: str, weight_files: Sequence[pathlib.Path]) -> None:
+    if pathlib.Path(output).resolve() in weight_files:
+        raise KirinError(
+            f"output '{output}' is the file that holds the input's weights; choose another name"
+        )
+
+
+def _sizes(files: Sequence[pathlib.Path]) -> str:
+    """``0.45 MB``, or ``0.25 MB + 651.31 MB in model.kirin.data`` for external weights."""
+    first, *rest = files
+    text = f"{first.stat().st_size / 1e6:.2f} MB"
+    return text + "".join(f" + {f.stat().st_size / 1e6:.2f} MB in {f.name}" for f in rest)
 
 
 def _instruments(args: argparse.Namespace) -> list:
@@ -191,7 +207,7 @@ def _inspect_parser() -> argparse.ArgumentParser:
 def _inspect(args: argparse.Namespace) -> int:
     model = load_model(args.file)
     path = pathlib.Path(args.file)
-    print(f"file            {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    print(f"file            {path} ({_sizes([path, *external_data_files(model)])})")
     print(f"producer        {model.producer_name or '?'} {model.producer_version or ''}".rstrip())
     opsets = ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in sorted(model.opset_imports.items()))
     print(f"opsets          {opsets}")

@@ -42,9 +42,10 @@ KEY_PIPELINE = "kirin.pipeline"
 KEY_SOURCE = "kirin.source"
 KEY_COMPILER = "kirin.compiler"
 
-# Weights above this size go to a side file (``model.kirin.data``): protobuf cannot hold more
-# than 2 GiB in one message.
-_EXTERNAL_DATA_THRESHOLD = 1 << 30
+# Weights above this size go to a side file (``model.kirin.data``), written tensor by tensor:
+# serializing them into the protobuf would hold them in memory two or three times over (and
+# protobuf cannot hold more than 2 GiB at all).
+_EXTERNAL_DATA_THRESHOLD = 64 << 20
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
@@ -148,35 +149,62 @@ def stamp_kirin_metadata(model: ir.Model, source: dict[str, object] | None = Non
 
 def save_kirin(
     model: ir.Model, path: str | os.PathLike, source: dict[str, object] | None = None
-) -> None:
-    """Writes ``model`` as a ``.kirin`` file (see the module docstring), atomically."""
+) -> list[pathlib.Path]:
+    """Writes ``model`` as a ``.kirin`` file (see the module docstring), atomically; returns
+    the files written (the file, and its ``.data`` side file for a large model)."""
     stamp_kirin_metadata(model, source)
-    save_model(model, path)
+    return save_model(model, path)
 
 
 def save_model(
     model: ir.Model,
     path: str | os.PathLike,
     external_data_threshold: int = _EXTERNAL_DATA_THRESHOLD,
-) -> None:
-    """Writes ``model`` to ``path`` atomically (a crash leaves no partial file).
+) -> list[pathlib.Path]:
+    """Writes ``model`` to ``path`` atomically (a crash leaves no partial file); returns the
+    files written.
 
-    Models whose weights exceed ``external_data_threshold`` bytes keep them in
-    ``<path>.data`` beside the file; smaller ones are one self-contained file.
+    Models whose weights exceed ``external_data_threshold`` bytes (64 MiB) keep them in
+    ``<path>.data`` beside the file, written tensor by tensor; smaller ones are one
+    self-contained file.
     """
     path = pathlib.Path(path)
     total_bytes = sum(
         v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
     )
+    external = total_bytes > external_data_threshold
+    data = path.with_name(f"{path.name}.data")
+    _refuse_to_overwrite_weights_in_use(model, [path, data] if external else [path])
     try:
         with atomic_path(path) as temporary:
-            if total_bytes > external_data_threshold:
-                ir.save(model, temporary, external_data=f"{path.name}.data")
+            if external:
+                ir.save(model, temporary, external_data=data.name)
             else:
                 _embed_external_data(model)
                 ir.save(model, temporary)
     except OSError as error:
         raise KirinError(f"cannot write '{path}': {error.strerror or error}") from error
+    return [path, data] if external else [path]
+
+
+def external_data_files(model: ir.Model) -> list[pathlib.Path]:
+    """The files the model's weights are read from, besides the model file itself."""
+    paths = {
+        pathlib.Path(v.const_value.path).resolve()
+        for v in model.graph.initializers.values()
+        if isinstance(v.const_value, ir.ExternalTensor)
+    }
+    return sorted(paths)
+
+
+def _refuse_to_overwrite_weights_in_use(model: ir.Model, targets: list[pathlib.Path]) -> None:
+    in_use = external_data_files(model)
+    for target in targets:
+        if target.resolve() in in_use:
+            raise KirinError(
+                f"writing '{targets[0]}' would replace '{target}', which holds the weights being "
+                "written; choose another output name"
+            )
 
 
 def _embed_external_data(model: ir.Model) -> None:

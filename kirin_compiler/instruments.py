@@ -107,8 +107,8 @@ class DumpDir:
 
     def _write(self, stem: str, model: ir.Model) -> list[str]:
         (self.folder / f"{stem}.txt").write_text(format_model(model))
-        save_model(model, self.folder / f"{stem}.onnx")
-        return [f"{stem}.txt", f"{stem}.onnx"]
+        written = save_model(model, self.folder / f"{stem}.onnx")
+        return [f"{stem}.txt"] + [path.name for path in written]
 
     def _write_manifest(self) -> None:
         (self.folder / MANIFEST).write_text(json.dumps(self._manifest, indent=2) + "\n")

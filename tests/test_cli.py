@@ -473,3 +473,12 @@ def test_run_bad_input(capsys, model_path, tmp_path, case):
     assert status == 2 and err.startswith("kirinc: error: ") and err.count("\n") == 1
     assert words in err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_the_input_weights_file_is_never_an_output(capsys, tmp_path):
+    source = _external_model(tmp_path)
+    weights = tmp_path / "weights.bin"
+    original = weights.read_bytes()
+    status, _, err = run(capsys, source, "-o", weights)
+    assert status == 2 and "holds the input's weights" in err
+    assert weights.read_bytes() == original

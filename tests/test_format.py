@@ -83,7 +83,8 @@ def test_weights_in_external_data_are_read_and_embedded(tmp_path):
 
 def test_large_models_keep_weights_in_a_side_file(tmp_path):
     model = compiled_tiny_llama()
-    save_model(model, tmp_path / "big.kirin", external_data_threshold=1000)
+    written = save_model(model, tmp_path / "big.kirin", external_data_threshold=1000)
+    assert written == [tmp_path / "big.kirin", tmp_path / "big.kirin.data"]
     assert (tmp_path / "big.kirin.data").stat().st_size > 400_000
     assert (tmp_path / "big.kirin").stat().st_size < 100_000
     loaded = load_model(tmp_path / "big.kirin")
@@ -95,3 +96,15 @@ def test_source_provenance_identifies_content_not_location(tmp_path):
     copy = tmp_path / "tiny_llama.onnx"
     shutil.copy(TINY_LLAMA, copy)
     assert source_provenance(copy) == source_provenance(TINY_LLAMA)
+
+
+def test_a_side_file_never_replaces_the_weights_being_written(tmp_path):
+    proto = onnx.load(TINY_LLAMA)
+    onnx.save(proto, tmp_path / "model.onnx", save_as_external_data=True,
+              location="out.kirin.data", size_threshold=0)
+    original = (tmp_path / "out.kirin.data").read_bytes()
+    model = load_model(tmp_path / "model.onnx")
+    with pytest.raises(KirinError, match="would replace .*out.kirin.data'"):
+        save_model(model, tmp_path / "out.kirin", external_data_threshold=0)
+    assert (tmp_path / "out.kirin.data").read_bytes() == original
+    assert not (tmp_path / "out.kirin").exists()
