@@ -128,7 +128,7 @@ class _Lowering:
         as ``[N, K]``, the layout whose GEMM is fastest on CPU (and torch's own ``nn.Linear``)."""
         x, weight = node.inputs
         transposed = np.ascontiguousarray(weight.const_value.numpy().T)
-        weight_node = self._buffer(f"{weight.name}_t", transposed)
+        weight_node = self._buffer(f"{weight.name}_t", transposed, owned=True)
         output = node.outputs[0]
         self.env[output] = self.graph.create_node(
             "call_function", torch.nn.functional.linear, (self._operand(x, static=False), weight_node),
@@ -161,11 +161,15 @@ class _Lowering:
             return [int(v) for v in array.reshape(-1)]
         return self._buffer(value.name, array, cache_for=value)
 
-    def _buffer(self, name: str, array: np.ndarray, cache_for: ir.Value | None = None) -> torch.fx.Node:
+    def _buffer(
+        self, name: str, array: np.ndarray, cache_for: ir.Value | None = None, owned: bool = False
+    ) -> torch.fx.Node:
+        """A buffer of the module holding ``array``: a copy, unless the array is ``owned`` (made
+        for the buffer alone), so that no weight is held twice while lowering."""
         attribute = _identifier(name)
         while hasattr(self.root, attribute):
             attribute += "_"
-        self.root.register_buffer(attribute, as_tensor(array))
+        self.root.register_buffer(attribute, torch.from_numpy(array) if owned else as_tensor(array))
         node = self.graph.get_attr(attribute)
         if cache_for is not None:
             self.env[cache_for] = node

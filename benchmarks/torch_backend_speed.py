@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import pathlib
-import resource
 import statistics
 import sys
 import tempfile
@@ -74,7 +73,16 @@ def _measure(engine: str, path: str, ids, repeats: int) -> tuple[float, int]:
         start = time.perf_counter()
         forward()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return statistics.median(times), _peak_resident_bytes()
+
+
+def _peak_resident_bytes() -> int:
+    """This process's peak resident memory. (Not getrusage's ru_maxrss: Linux carries that over
+    from the parent through fork and exec, so a child would report the parent's peak.)"""
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _engines():
