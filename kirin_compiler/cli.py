@@ -45,7 +45,7 @@ commands:
 examples:
   kirinc model.onnx -o model.kirin
   kirinc model.onnx -o model.kirin --dump-dir dumps --time-passes
-  kirinc model.onnx -p "canonicalize,count-ops" --load-pass my_passes.py:CountOpsPass
+  kirinc model.onnx --load-pass my_passes.py:DropMulByOnePass -p "canonicalize,drop-mul-by-one"
   kirinc inspect model.kirin
   kirinc run model.kirin --input prompt.txt --tokenizer tokenizer/
 
