@@ -299,9 +299,15 @@ def _run(args: argparse.Namespace) -> int:
         names = ", ".join(v.name for v in model.graph.inputs)
         raise KirinError(f"'{args.model}' takes {len(model.graph.inputs)} inputs ({names}); "
                          "kirinc run feeds one input of token ids")
-    outputs = torch_backend.run(
-        torch_backend.lower(model), model, {model.graph.inputs[0].name: ids}
-    )
+    module = torch_backend.lower(model)
+    try:
+        outputs = torch_backend.run(module, model, {model.graph.inputs[0].name: ids})
+    except (RuntimeError, IndexError, ValueError) as error:  # e.g. a token id past the vocabulary
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise KirinError(
+            f"'{args.model}' failed on the ids of '{args.input}' "
+            f"(values {ids.min()}..{ids.max()}, shape {list(ids.shape)}): {reason}"
+        ) from error
     print(f"input       {model.graph.inputs[0].name}: {list(ids.shape)} token ids")
     for value, array in zip(model.graph.outputs, outputs):
         print(

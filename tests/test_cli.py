@@ -456,6 +456,13 @@ def test_run_tokenizes_text(capsys, model_path, tmp_path):
     assert np.load(tmp_path / "all.npz")["logits"].shape == (1, 4, 256)
 
 
+def test_run_reports_a_failing_input_in_one_line(capsys, model_path, tmp_path):
+    np.save(tmp_path / "ids.npy", np.array([1, 2, 100_000]))  # past the 256-token vocabulary
+    status, _, err = run(capsys, "run", model_path, "--input", tmp_path / "ids.npy")
+    assert status == 2 and err.count("\n") == 1
+    assert "failed on the ids of" in err and "values 1..100000" in err
+
+
 @pytest.mark.parametrize("case", ["text without tokenizer", "float ids", "missing input", "bad save name"])
 def test_run_bad_input(capsys, model_path, tmp_path, case):
     (tmp_path / "prompt.txt").write_text("hello")
