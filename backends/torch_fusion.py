@@ -114,24 +114,26 @@ def _match(softmax: ir.Node) -> AttentionMatch | None:
     if qk is None or qk.op_type != "MatMul":
         return None
     nodes.append(qk)
-    query, key_transposed = qk.inputs
-    for operand in ("query", "key"):
-        value = query if operand == "query" else key_transposed
-        producer = _single_use_producer(value)
-        factor = _constant(producer.inputs[1]) if producer is not None and producer.op_type == "Mul" else None
-        if factor is not None:
-            scale *= factor
-            nodes.append(producer)
-            if operand == "query":
-                query = producer.inputs[0]
-            else:
-                key_transposed = producer.inputs[0]
+    query, query_scale = _strip_scalar_mul(qk.inputs[0], nodes)
+    key_transposed, key_scale = _strip_scalar_mul(qk.inputs[1], nodes)
+    scale *= query_scale * key_scale
     if any(_rank(v) != 4 for v in (query, key_transposed, product.inputs[1])):
         return None
     nodes.reverse()
     return AttentionMatch(
         query, key_transposed, product.inputs[1], mask, scale, zero_nan_rows, nodes + [product]
     )
+
+
+def _strip_scalar_mul(value: ir.Value, nodes: list[ir.Node]) -> tuple[ir.Value, float]:
+    """``(x, c)`` for ``value = Mul(x, c)`` with a scalar constant ``c`` (the ``Mul`` joins
+    ``nodes``), else ``(value, 1.0)``."""
+    producer = _single_use_producer(value)
+    factor = _constant(producer.inputs[1]) if producer is not None and producer.op_type == "Mul" else None
+    if factor is None:
+        return value, 1.0
+    nodes.append(producer)
+    return producer.inputs[0], factor
 
 
 def _nan_guard(probabilities: ir.Value) -> list[ir.Node] | None:

@@ -24,6 +24,7 @@ from kirin_compiler.format import (
     KEY_FORMAT_VERSION,
     atomic_path,
     KEY_PIPELINE,
+    check_not_weights_in_use,
     check_writable,
     external_data_files,
     load_model,
@@ -136,8 +137,8 @@ def _compile(args: argparse.Namespace) -> int:
             raise KirinError(f"output '{args.output}' is the input file; choose another name")
     instruments = _instruments(args)
     model = load_model(args.input)
-    if args.output is not None:
-        _refuse_to_overwrite_inputs(args.output, external_data_files(model))
+    if args.output is not None:  # checked again when saving; here, before any work
+        check_not_weights_in_use(model, [pathlib.Path(args.output)])
     compile_model(model, passes, instruments=instruments, stop_after=args.stop_after)
     if args.output is None:
         print("kirinc: no -o given: nothing written", file=sys.stderr)
@@ -152,13 +153,6 @@ def _compile(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def _refuse_to_overwrite_inputs(output: str, weight_files: Sequence[pathlib.Path]) -> None:
-    if pathlib.Path(output).resolve() in weight_files:
-        raise KirinError(
-            f"output '{output}' is the file that holds the input's weights; choose another name"
-        )
 
 
 def _sizes(files: Sequence[pathlib.Path]) -> str:

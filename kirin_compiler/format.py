@@ -174,7 +174,7 @@ def save_model(
     )
     external = total_bytes > external_data_threshold
     data = path.with_name(f"{path.name}.data")
-    _refuse_to_overwrite_weights_in_use(model, [path, data] if external else [path])
+    check_not_weights_in_use(model, [path, data] if external else [path])
     try:
         with atomic_path(path) as temporary:
             if external:
@@ -197,13 +197,15 @@ def external_data_files(model: ir.Model) -> list[pathlib.Path]:
     return sorted(paths)
 
 
-def _refuse_to_overwrite_weights_in_use(model: ir.Model, targets: list[pathlib.Path]) -> None:
+def check_not_weights_in_use(model: ir.Model, targets: list[pathlib.Path]) -> None:
+    """Refuses to write any of ``targets`` (a file and its side file) over a file the model's
+    weights are read from: that would destroy the input while it is being read."""
     in_use = external_data_files(model)
     for target in targets:
-        if target.resolve() in in_use:
+        if pathlib.Path(target).resolve() in in_use:
             raise KirinError(
-                f"writing '{targets[0]}' would replace '{target}', which holds the weights being "
-                "written; choose another output name"
+                f"writing '{targets[0]}' would replace '{target}', which holds the input's "
+                "weights; choose another output name"
             )
 
 

@@ -17,7 +17,7 @@ from kirin_compiler import (
     save_model,
 )
 from kirin_compiler.backends import onnxruntime as ort_backend
-from kirin_compiler.format import FORMAT_VERSION, source_provenance
+from kirin_compiler.format import FORMAT_VERSION, source_provenance, stamp_kirin_metadata
 
 
 def compiled_tiny_llama():
@@ -49,7 +49,7 @@ def test_kirin_file_is_valid_onnx_with_the_kirin_opset(tmp_path):
 
 def test_newer_format_versions_are_refused(tmp_path):
     model = compiled_tiny_llama()
-    save_kirin(model, tmp_path / "future.kirin")
+    stamp_kirin_metadata(model)
     model.metadata_props["kirin.format_version"] = str(FORMAT_VERSION + 1)
     save_model(model, tmp_path / "future.kirin")
     with pytest.raises(KirinError, match="format version 2; this kirin_compiler reads up to version 1"):
