@@ -31,20 +31,27 @@ import onnx_ir as ir
 import torch
 import torch.fx
 
-from kirin_compiler.backends import torch_fusion
+from kirin_compiler.backends import torch_fusion, torch_kirin
+from kirin_compiler.backends.torch_kirin import MODES, Mode, Probe
 from kirin_compiler.backends.torch_ops import OPS, OnnxOp
 from kirin_compiler.backends.torch_ops._table import as_tensor, supported_dtypes
-from kirin_compiler.errors import UnsupportedOpError
+from kirin_compiler.errors import KirinError, UnsupportedOpError
+from kirin_compiler.kirin_ops import SPIKE_MATMUL, SPIKING_SOURCES, TTFS_NEURON, is_kirin
 
 # Integer constants up to this many elements are written into the code where an op reads an
 # integer list (shapes, axes); larger ones stay buffers.
 _INLINE_MAX_ELEMENTS = 16
 
 
-def lower(model: ir.Model) -> torch.fx.GraphModule:
+def lower(model: ir.Model, mode: Mode = "float", probe: Probe | None = None) -> torch.fx.GraphModule:
     """Lowers ``model`` to a GraphModule whose ``forward`` takes the graph inputs as tensors, in
-    order, and returns a tuple of the graph outputs."""
-    return _Lowering(model).run()
+    order, and returns a tuple of the graph outputs.
+
+    ``ai.kirin`` ops become modules of `torch_kirin` running in ``mode`` (``float``, ``qann`` or
+    ``snn``) and reporting to ``probe``; standard ops are the same in every mode."""
+    if mode not in MODES:
+        raise KirinError(f"unknown mode '{mode}': use one of {', '.join(MODES)}")
+    return _Lowering(model, mode, probe or Probe()).run()
 
 
 def run(
@@ -61,8 +68,10 @@ def run(
 
 
 class _Lowering:
-    def __init__(self, model: ir.Model) -> None:
+    def __init__(self, model: ir.Model, mode: Mode, probe: Probe) -> None:
         self.model = model
+        self.mode = mode
+        self.probe = probe
         self.root = torch.nn.Module()
         self.graph = torch.fx.Graph()
         self.env: dict[ir.Value, torch.fx.Node] = {}
@@ -85,6 +94,9 @@ class _Lowering:
         return module
 
     def _lower_node(self, node: ir.Node) -> None:
+        if is_kirin(node):
+            self._lower_kirin(node)
+            return
         if _is_linear(node):
             self._lower_linear(node)
             return
@@ -114,6 +126,7 @@ class _Lowering:
             "call_function", op.fn, tuple(args), kwargs,
             name=_identifier(outputs[0].name) if single else None,
         )
+        result.meta["ir_node"] = node.name
         if single:
             self.env[outputs[0]] = result
             return
@@ -133,6 +146,53 @@ class _Lowering:
         self.env[output] = self.graph.create_node(
             "call_function", torch.nn.functional.linear, (self._operand(x, static=False), weight_node),
             name=_identifier(output.name),
+        )
+        self.env[output].meta["ir_node"] = node.name
+
+    def _lower_kirin(self, node: ir.Node) -> None:
+        """An ``ai.kirin`` op as a call of its module (``self.<node name>``); integer codes held
+        as int4/int8 constants become float32 buffers (integers are exact there)."""
+        attributes = {name: self._attribute(node, attr) for name, attr in sorted(node.attributes.items())}
+        module = torch_kirin.MODULES[node.op_type](node.name, attributes, self.mode, self.probe)
+        if self.mode == "snn":
+            self._check_spiking(node, module)
+        name = _identifier(node.name)
+        while hasattr(self.root, name):
+            name += "_"
+        self.root.add_module(name, module)
+        args = tuple(self._kirin_operand(value) for value in node.inputs)
+        result = self.graph.call_module(name, args)
+        result.meta["ir_node"] = node.name
+        if len(node.outputs) == 1:
+            self.env[node.outputs[0]] = result
+            return
+        for index, value in enumerate(node.outputs):
+            self.env[value] = self.graph.create_node(
+                "call_function", operator.getitem, (result, index), name=_identifier(value.name)
+            )
+
+    def _kirin_operand(self, value: ir.Value | None) -> Any:
+        if value is None or value in self.env or value.const_value is None:
+            return self._operand(value, static=False)
+        array = value.const_value.numpy()
+        converted = array.dtype != np.bool_ and array.dtype.kind != "f"
+        if converted:
+            array = array.astype(np.float32)
+        return self._buffer(value.name, array, cache_for=value, owned=converted)
+
+    @staticmethod
+    def _check_spiking(node: ir.Node, module: torch.nn.Module) -> None:
+        if node.op_type != SPIKE_MATMUL:
+            return
+        source = node.inputs[0].producer()
+        if source is None or not is_kirin(source, *SPIKING_SOURCES):
+            raise KirinError(
+                f"node '{node.name}': the snn mode needs TTFS neurons to send its spikes; "
+                "run threshold-insert"
+            )
+        module.trajectory = any(
+            is_kirin(consumer, TTFS_NEURON) and not consumer.attributes["silent"].value
+            for consumer in node.outputs[0].consumers()
         )
 
     def _lower_attention(self, node: ir.Node, match: torch_fusion.AttentionMatch) -> None:

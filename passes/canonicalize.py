@@ -33,7 +33,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import onnxscript.optimizer
 
-from kirin_compiler import roles
+from kirin_compiler import rewrite, roles
 from kirin_compiler.errors import UnsupportedOpError
 from kirin_compiler.pass_manager import Pass
 
@@ -111,27 +111,8 @@ def _strip_exporter_metadata(model: ir.Model) -> None:
     model.doc_string = None
 
 
-def _constant(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
-    value = ir.Value(name=_unique(graph, name), const_value=ir.tensor(array))
-    value.shape = ir.Shape(array.shape)
-    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
-    graph.register_initializer(value)
-    return value
-
-
-def _unique(graph: ir.Graph, base: str) -> str:
-    taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs}
-    candidate, suffix = base, 0
-    while candidate in taken:
-        suffix += 1
-        candidate = f"{base}_{suffix}"
-    return candidate
-
-
 def _replace(graph: ir.Graph, old: ir.Node, tape: ir.tape.Tape, outputs: list[ir.Value]) -> None:
-    ir.convenience.replace_nodes_and_values(
-        graph, old, [old], tape.nodes, list(old.outputs), outputs
-    )
+    rewrite.replace(graph, [old], tape.nodes, list(old.outputs), outputs)
 
 
 # Rule 3 -----------------------------------------------------------------------------------------
@@ -153,15 +134,15 @@ def _split_gemm(graph: ir.Graph, node: ir.Node, scopes: dict[ir.Node, str]) -> b
     x = a
     if node.attributes.get_int("transA", 0):
         x = tape.op("Transpose", [a], {"perm": [1, 0]})
-    w = _constant(graph, np.ascontiguousarray(weight), f"{node.name}.weight")
+    w = rewrite.constant(graph, np.ascontiguousarray(weight), f"{node.name}.weight")
     y = tape.op("MatMul", [x, w])
     if c is not None:
         bias = c
         if beta != 1.0:
             if c.const_value is None:
-                bias = tape.op("Mul", [c, _constant(graph, np.asarray(beta, np.float32), "beta")])
+                bias = tape.op("Mul", [c, rewrite.constant(graph, np.asarray(beta, np.float32), "beta")])
             else:
-                bias = _constant(graph, c.const_value.numpy() * beta, f"{node.name}.bias")
+                bias = rewrite.constant(graph, c.const_value.numpy() * beta, f"{node.name}.bias")
         y = tape.op("Add", [y, bias])
     for new_node in tape.nodes:
         scopes[new_node] = scopes.get(node, "")
@@ -184,7 +165,7 @@ def _fold_weight_transpose(graph: ir.Graph, node: ir.Node) -> bool:
     if list(perm) != [1, 0]:
         return False
     weight = np.ascontiguousarray(source.const_value.numpy().T)
-    node.replace_input_with(1, _constant(graph, weight, f"{source.name}.T"))
+    node.replace_input_with(1, rewrite.constant(graph, weight, f"{source.name}.T"))
     return True
 
 
@@ -231,12 +212,12 @@ def _decompose_attention(graph: ir.Graph, node: ir.Node, scopes: dict[ir.Node, s
 
     key_t = tape.op("Transpose", [k], {"perm": [0, 1, 3, 2]})
     scores = tape.op("MatMul", [q, key_t])
-    scores = tape.op("Mul", [scores, _constant(graph, np.asarray(scale, np.float32), "scale")])
+    scores = tape.op("Mul", [scores, rewrite.constant(graph, np.asarray(scale, np.float32), "scale")])
     softcap = node.attributes.get_float("softcap", 0.0)
     if softcap > 0:
-        cap = _constant(graph, np.asarray(softcap, np.float32), "softcap")
+        cap = rewrite.constant(graph, np.asarray(softcap, np.float32), "softcap")
         scores = tape.op("Mul", [tape.op("Tanh", [tape.op("Div", [scores, cap])]), cap])
-    minus_inf = _constant(graph, np.asarray(-np.inf, np.float32), "minus_inf")
+    minus_inf = rewrite.constant(graph, np.asarray(-np.inf, np.float32), "minus_inf")
     if node.attributes.get_int("is_causal", 0):
         allowed = tape.op(
             "Trilu",
@@ -252,15 +233,15 @@ def _decompose_attention(graph: ir.Graph, node: ir.Node, scopes: dict[ir.Node, s
             scores = tape.op("Add", [scores, mask])
     probs = tape.op("Softmax", [scores], {"axis": -1})
     # A fully masked row is all -inf: Softmax gives NaN there, the Attention spec gives 0.
-    zero = _constant(graph, np.asarray(0.0, np.float32), "zero")
+    zero = rewrite.constant(graph, np.asarray(0.0, np.float32), "zero")
     probs = tape.op("Where", [tape.op("IsNaN", [probs]), zero, probs])
     y = tape.op("MatMul", [probs, v])
     if rank == 3:
         y = tape.op("Reshape", [tape.op("Transpose", [y], {"perm": [0, 2, 1, 3]}),
-                                _constant(graph, np.array([0, 0, -1], np.int64), "shape")])
+                                rewrite.constant(graph, np.array([0, 0, -1], np.int64), "shape")])
     for new_node in tape.nodes:
         scopes[new_node] = scopes.get(node, "")
-    _replace(graph, node, tape, [y] + [ir.Value(name=_unique(graph, "unused")) for _ in node.outputs[1:]])
+    _replace(graph, node, tape, [y] + [ir.Value(name=rewrite.unique(graph, "unused")) for _ in node.outputs[1:]])
     return True
 
 
@@ -280,7 +261,7 @@ def _head_size(value: ir.Value, heads: int | None, rank: int) -> int | None:
 
 def _split_heads(graph: ir.Graph, tape: ir.tape.Tape, x: ir.Value, heads: int) -> ir.Value:
     """[B, S, H*D] -> [B, H, S, D]."""
-    shape = _constant(graph, np.array([0, 0, heads, -1], np.int64), "shape")
+    shape = rewrite.constant(graph, np.array([0, 0, heads, -1], np.int64), "shape")
     return tape.op("Transpose", [tape.op("Reshape", [x, shape])], {"perm": [0, 2, 1, 3]})
 
 
@@ -288,9 +269,9 @@ def _repeat_heads(
     graph: ir.Graph, tape: ir.tape.Tape, x: ir.Value, repeats: int, heads: int, head_size: int
 ) -> ir.Value:
     """[B, Hkv, S, D] -> [B, Hkv * repeats, S, D], each key/value head repeated in place."""
-    axis = _constant(graph, np.array([2], np.int64), "axes")
-    expand = _constant(graph, np.array([1, 1, repeats, 1, 1], np.int64), "repeats")
-    shape = _constant(graph, np.array([0, heads, -1, head_size], np.int64), "shape")
+    axis = rewrite.constant(graph, np.array([2], np.int64), "axes")
+    expand = rewrite.constant(graph, np.array([1, 1, repeats, 1, 1], np.int64), "repeats")
+    shape = rewrite.constant(graph, np.array([0, heads, -1, head_size], np.int64), "shape")
     return tape.op("Reshape", [tape.op("Expand", [tape.op("Unsqueeze", [x, axis]), expand]), shape])
 
 

@@ -1,0 +1,251 @@
+"""The ``ai.kirin`` ops as torch modules, one class per op, in three modes.
+
+- ``float``: activation quantizers are identities (codes are the float values, scales 1), so a
+  compiled model runs with its 4-bit weights and float activations (W4A16). Calibration runs here.
+- ``qann``: the integer reference of ``docs/arithmetic.md`` (codes, integer products, rescale).
+- ``snn``: spikes. ``TTFSEncoder`` and ``TTFSNeuron`` run their neurons step by step against the
+  silence-threshold schedule and emit spike trains ``[T, ...]``; ``SpikeMatMul`` integrates the
+  trains with additions, step by step. Integer (outlier) products stay integer products.
+
+Every module reports to a `Probe`: what it computed (integer accumulators and codes, by node
+name) and what it did (spikes, accumulates, membrane updates, threshold comparisons, MACs).
+`kirinc verify`, calibration and energy accounting are probes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from kirin_compiler import arithmetic as ka
+from kirin_compiler.errors import KirinError
+from kirin_compiler.kirin_ops import (
+    ACT_QUANT,
+    INT_MATMUL,
+    QMATMUL,
+    RESCALE,
+    SPIKE_MATMUL,
+    TTFS_ENCODER,
+    TTFS_NEURON,
+)
+
+Mode = Literal["float", "qann", "snn"]
+MODES: tuple[Mode, ...] = ("float", "qann", "snn")
+
+
+class Probe:
+    """Receives what the Kirin modules compute and do while a model runs; ignores it all."""
+
+    def observe(self, node: str, x: torch.Tensor, axis: int) -> None:
+        """An activation quantizer's float input (``float`` mode only)."""
+
+    def integers(self, node: str, kind: str, values: torch.Tensor) -> None:
+        """An integer result: ``accumulator`` (V or U), ``codes`` or ``outlier-codes``."""
+
+    def count(self, node: str, **counts: int) -> None:
+        """Operation counts of one run of a node (added up by the probe)."""
+
+
+class KirinModule(torch.nn.Module):
+    """Base of the op modules: the node's name, attributes and mode, and the shared probe."""
+
+    def __init__(self, name: str, attributes: dict, mode: Mode, probe: Probe) -> None:
+        super().__init__()
+        self.node = name
+        self.attributes = attributes
+        self.mode = mode
+        self.probe = probe
+
+    def extra_repr(self) -> str:
+        return f"{self.node!r}, mode={self.mode}"
+
+
+class ActQuant(KirinModule):
+    """``ActQuant(X, [spike_scale], [outlier_mask], [outlier_scale])``: 4-bit codes of the spike
+    matrix and 8-bit codes of the outliers, with their scales (``docs/kirin_ops.md``)."""
+
+    def forward(self, x, spike_scale=None, outlier_mask=None, outlier_scale=None):
+        a = self.attributes
+        axis, outliers = a["axis"], a.get("outliers", "none")
+        if self.mode == "float":
+            self.probe.observe(self.node, x, axis)
+            one = torch.ones((), dtype=x.dtype)
+            return (x, one) if outliers == "none" else (x, one, torch.zeros_like(x), one)
+        if a.get("scale", "token") == "static" and spike_scale is None:
+            raise KirinError(
+                f"node '{self.node}': its static scale is not calibrated yet; run outlier-detect"
+            )
+        lo, hi = ka.code_range(a["bits"], bool(a["signed"]))
+        self.probe.count(self.node, float_ops=2 * x.numel())  # the scale's maximum, the division
+        mask = self._outlier_mask(x, outlier_mask)
+        spikes = x if mask is None else x.masked_fill(mask, 0.0)
+        if spike_scale is None:
+            spike_scale = ka.max_scale(spikes, axis, hi)
+        codes = self.spike_codes(spikes, spike_scale, lo, hi)
+        if mask is None:
+            return codes, spike_scale
+        values = torch.where(mask, x, 0.0)
+        if outlier_scale is None:
+            outlier_scale = ka.max_scale(values, axis, 127)
+        outlier_codes = ka.quantize(values, outlier_scale, 0 if lo == 0 else -127, 127)
+        self.probe.integers(self.node, "outlier-codes", outlier_codes)
+        return codes, spike_scale, outlier_codes, outlier_scale
+
+    def spike_codes(self, x, scale, lo, hi):
+        codes = ka.quantize(x, scale, lo, hi)
+        self.probe.integers(self.node, "codes", codes)
+        return codes
+
+    def _outlier_mask(self, x, static_mask):
+        a = self.attributes
+        outliers = a.get("outliers", "none")
+        if outliers == "token":
+            return ka.token_outliers(x, a["axis"], a["outlier_count"])
+        if outliers == "static":
+            return static_mask.expand(x.shape)
+        return None
+
+
+class TTFSEncoder(ActQuant):
+    """``TTFSEncoder``: an ``ActQuant`` whose spike codes are fired by TTFS neurons.
+
+    In the snn mode each neuron's normalized membrane is ``x / s`` (its input is complete when
+    its window opens) and `arithmetic.fire` runs the threshold schedule over ``window`` steps:
+    output 0 is the spike train, from which `spike_codes` recovers exactly the qann codes."""
+
+    def spike_codes(self, x, scale, lo, hi):
+        if self.mode != "snn":
+            return super().spike_codes(x, scale, lo, hi)
+        train, comparisons = ka.fire(x / scale, self.attributes["window"], lo)
+        _report_spikes(self.probe, self.node, train, comparisons)
+        return train
+
+
+class QMatMul(KirinModule):
+    """``QMatMul(codes, scale, weight_codes, weight_scale, [outlier_codes, outlier_scale])``:
+    the quantized product of section 3, before it is split into spike and integer paths."""
+
+    def forward(self, codes, scale, weights, weight_scale, outlier_codes=None, outlier_scale=None):
+        if self.mode == "snn":
+            raise KirinError(
+                f"node '{self.node}': the snn mode needs spiking products; run "
+                "spike-matrix-hybridize and threshold-insert"
+            )
+        group, bound = self.attributes.get("group", 0), self.attributes.get("bound")
+        spike_acc = ka.integer_matmul(codes, weights, group, bound)
+        int_acc = None if outlier_codes is None else ka.integer_matmul(outlier_codes, weights, group, bound)
+        return ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, group)
+
+
+class SpikeMatMul(KirinModule):
+    """``SpikeMatMul(spikes, weight_codes) -> V``: the spike path's accumulators.
+
+    qann: ``V = qN @ Wq``. snn: `arithmetic.integrate_spikes` over the input spike train. With
+    ``trajectory`` set (its consumer is a neuron without a silent phase) the snn mode returns
+    the membrane at every step, ``[T, ...]``, instead of the final one."""
+
+    trajectory = False
+
+    def forward(self, spikes, weights):
+        group, bound = self.attributes.get("group", 0), self.attributes.get("bound")
+        if self.mode != "snn":
+            acc = ka.integer_matmul(spikes, weights, group, bound)
+            if self.mode == "qann":
+                self.probe.integers(self.node, "accumulator", acc)
+            return acc
+        acc, trajectory, updates = ka.integrate_spikes(spikes, weights, group, bound, self.trajectory)
+        fan_out = weights.shape[-1]
+        self.probe.integers(self.node, "accumulator", acc)
+        self.probe.count(
+            self.node, accumulates=int(spikes.count_nonzero()) * fan_out,
+            membrane_updates=updates, steps=spikes.shape[0],
+        )
+        return trajectory if self.trajectory else acc
+
+
+class IntMatMul(KirinModule):
+    """``IntMatMul(outlier_codes, weight_codes) -> U``: the integer path, multiply-accumulates."""
+
+    def forward(self, codes, weights):
+        acc = ka.integer_matmul(codes, weights, self.attributes.get("group", 0), self.attributes.get("bound"))
+        if self.mode != "float":
+            self.probe.integers(self.node, "accumulator", acc)
+            self.probe.count(self.node, int_macs=int(codes.count_nonzero()) * weights.shape[-1])
+        return acc
+
+
+class Rescale(KirinModule):
+    """``Rescale(V, scale, weight_scale, [U, outlier_scale]) -> Y``: the float part."""
+
+    def forward(self, spike_acc, scale, weight_scale, int_acc=None, outlier_scale=None):
+        y = ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, self.attributes.get("group", 0))
+        if self.mode != "float":
+            self.probe.count(self.node, float_ops=y.numel() * (3 if int_acc is None else 5))
+        return y
+
+
+class TTFSNeuron(KirinModule):
+    """``TTFSNeuron(V, scale, weight_scale, [U, outlier_scale], [bias], out_scale, [out_mask],
+    [out_outlier_scale])``: the output neurons of a spiking product that fire the next
+    product's spikes themselves (``y = relu(rescale(V, U) + bias)`` encoded with the static
+    ``out_scale``); outputs as ``ActQuant``. Without the silent phase (``silent=0``) the neurons
+    compare their membrane while it still integrates, the ablation of ``docs/arithmetic.md``."""
+
+    def forward(self, spike_acc, scale, weight_scale, int_acc, outlier_scale, bias,
+                out_scale, out_mask=None, out_outlier_scale=None):
+        a = self.attributes
+        group = a.get("group", 0)
+        trajectory = self.mode == "snn" and not a["silent"]
+        final = spike_acc[-1] if trajectory else spike_acc
+        y = self._value(final, scale, weight_scale, int_acc, outlier_scale, bias, group)
+        mask = None if out_mask is None else out_mask.expand(y.shape)
+        if self.mode == "float":
+            y = torch.relu(y)
+            one = torch.ones((), dtype=y.dtype)
+            return (y, one) if mask is None else (y, one, torch.zeros_like(y), one)
+        lo, hi = ka.code_range(a["bits"], False)
+        ops_per_output = (3 if int_acc is None else 5) + (bias is not None) + 1  # + the division
+        self.probe.count(self.node, float_ops=y.numel() * ops_per_output)
+        spikes = y if mask is None else y.masked_fill(mask, 0.0)
+        if self.mode == "qann":
+            codes = ka.quantize(spikes, out_scale, lo, hi)
+        else:
+            if trajectory:
+                values = self._value(spike_acc, scale, weight_scale, int_acc, outlier_scale, bias, group)
+                membrane = (values if mask is None else values.masked_fill(mask, 0.0)) / out_scale
+            else:
+                membrane = spikes / out_scale
+            codes, comparisons = ka.fire(membrane, a["window"], lo, silent=not trajectory)
+            _report_spikes(self.probe, self.node, codes, comparisons)
+        if self.mode == "qann":
+            self.probe.integers(self.node, "codes", codes)
+        if mask is None:
+            return codes, out_scale
+        outlier_codes = ka.quantize(torch.where(mask, y, 0.0), out_outlier_scale, 0, 127)
+        self.probe.integers(self.node, "outlier-codes", outlier_codes)
+        return codes, out_scale, outlier_codes, out_outlier_scale
+
+    @staticmethod
+    def _value(spike_acc, scale, weight_scale, int_acc, outlier_scale, bias, group):
+        y = ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, group)
+        return y if bias is None else y + bias
+
+
+def _report_spikes(probe: Probe, node: str, train: torch.Tensor, comparisons: int) -> None:
+    """What a layer of TTFS neurons did in one window; its codes, decoded from the spike
+    train for comparison with the qann mode (decoding is not part of the network)."""
+    probe.integers(node, "codes", ka.spike_codes(train))
+    neurons = train[0].numel()
+    probe.count(node, spikes=int(train.count_nonzero()), comparisons=comparisons, neurons=neurons)
+
+
+MODULES: dict[str, type[KirinModule]] = {
+    ACT_QUANT: ActQuant,
+    TTFS_ENCODER: TTFSEncoder,
+    QMATMUL: QMatMul,
+    SPIKE_MATMUL: SpikeMatMul,
+    INT_MATMUL: IntMatMul,
+    RESCALE: Rescale,
+    TTFS_NEURON: TTFSNeuron,
+}

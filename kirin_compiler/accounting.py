@@ -1,0 +1,177 @@
+"""Time steps and operation counts: what a compiled network does, counted from its execution.
+
+Time steps. Every TTFS source (``TTFSEncoder``, ``TTFSNeuron``) opens a window of ``T`` steps
+(8 for signed 4-bit codes, 16 for unsigned ones); windows that depend on each other follow one
+another, parallel ones overlap. `timesteps` takes the longest chain of windows through the
+graph, in total and per decoder layer, beside the same chain with 8-bit single-spike windows
+(``T = 128`` signed, ``256`` unsigned): the baseline the Kirin method shortens by 93.75%.
+
+Operation counts (`count_operations`): the snn mode is run and every node's work is recorded:
+
+- TTFS sources: ``spikes`` fired, ``neurons`` in the window, threshold ``comparisons``;
+- ``SpikeMatMul``: synaptic ``accumulates`` (spikes x fan-out) and ``membrane_updates`` (one
+  per neuron and step whose current is not zero);
+- ``IntMatMul``: ``int_macs``, 8-bit x 4-bit multiply-accumulates (outlier values x fan-out);
+- ``Rescale`` and ``TTFSNeuron``: ``float_ops`` of the rescale (two multiplies and an add per
+  output, two more with outliers; a bias add and the division by the output step);
+- other nodes: ``float_ops`` (``FLOAT_OP_COST`` per output element; data movement is free) and,
+  for float matrix products, ``float_macs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import defaultdict
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx_ir as ir
+import torch
+import torch.fx
+
+from kirin_compiler import roles
+from kirin_compiler.backends.torch_kirin import Probe
+from kirin_compiler.kirin_ops import SPIKING_SOURCES, is_kirin
+
+KEY_TIMESTEPS = "kirin.timesteps"
+KEY_OPS = "kirin.ops"
+
+# Float operations per output element of the non-spiking ops (a ReduceMean is charged per
+# input element, see `_float_ops`); ops absent here move data and cost nothing.
+FLOAT_OP_COST = {
+    **dict.fromkeys("Add Sub Mul Div Neg Abs Pow Sqrt Reciprocal Max Min Where Relu".split(), 1),
+    **dict.fromkeys("Exp Log Cos Sin Erf".split(), 1),
+    "Sigmoid": 3,  # exp, add, divide
+    "Tanh": 4,
+    "Softmax": 4,  # max, subtract and exp, sum, divide
+}
+_REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax"})
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeSteps:
+    """The longest chain of TTFS windows, in total and per decoder layer, and the same chain
+    with 8-bit single-spike windows."""
+
+    per_layer: dict[str, int]
+    total: int
+    baseline_per_layer: dict[str, int]
+    baseline_total: int
+
+    @property
+    def reduction(self) -> float:
+        """The fraction of time steps saved against 8-bit single-spike coding."""
+        return 1.0 - self.total / self.baseline_total if self.baseline_total else 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "per_layer": self.per_layer,
+                "total": self.total,
+                "baseline_8bit_per_layer": self.baseline_per_layer,
+                "baseline_8bit_total": self.baseline_total,
+                "reduction": round(self.reduction, 6),
+            },
+            sort_keys=True,
+        )
+
+
+def timesteps(graph: ir.Graph) -> TimeSteps:
+    kirin, baseline = _longest_chains(graph, eight_bit=False), _longest_chains(graph, eight_bit=True)
+    return TimeSteps(kirin[0], kirin[1], baseline[0], baseline[1])
+
+
+def _longest_chains(graph: ir.Graph, eight_bit: bool) -> tuple[dict[str, int], int]:
+    arrival: dict[ir.Node, int] = {}
+    layer_end: dict[int, int] = defaultdict(int)
+    for node in graph:
+        start = max(
+            (arrival[v.producer()] for v in node.inputs if v is not None and v.producer() in arrival),
+            default=0,
+        )
+        arrival[node] = start + _window(node, eight_bit)
+        layer = roles.layer(node)
+        if layer is not None and is_kirin(node, *SPIKING_SOURCES):
+            layer_end[layer] = max(layer_end[layer], arrival[node])
+    per_layer, previous = {}, 0
+    for layer in sorted(layer_end):
+        per_layer[str(layer)] = layer_end[layer] - previous
+        previous = layer_end[layer]
+    return per_layer, max(arrival.values(), default=0)
+
+
+def _window(node: ir.Node, eight_bit: bool) -> int:
+    if not is_kirin(node, *SPIKING_SOURCES):
+        return 0
+    steps = node.attributes["window"].value
+    if not eight_bit:
+        return steps
+    signed = steps == 2 ** (node.attributes["bits"].value - 1)
+    return 128 if signed else 256
+
+
+# Operation counts ----------------------------------------------------------------------------------
+
+
+class CountingProbe(Probe):
+    """Adds up the operation counts the Kirin modules report, per node."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def count(self, node: str, **counts: int) -> None:
+        for key, value in counts.items():
+            if key != "steps":
+                self.counts[node][key] += value
+
+
+def count_operations(model: ir.Model, feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, dict[str, int]]:
+    """Runs ``model`` in the snn mode on every feed and returns each node's operation counts."""
+    from kirin_compiler.backends import torch_backend
+
+    probe = CountingProbe()
+    module = torch_backend.lower(model, "snn", probe)
+    nodes = {node.name: node for node in model.graph}
+    interpreter = _FloatOpCounter(module, nodes, probe)
+    names = [value.name for value in model.graph.inputs]
+    with torch.inference_mode():
+        for feed in feeds:
+            interpreter.run(*(torch.from_numpy(np.asarray(feed[name])) for name in names))
+    return {node: dict(sorted(c.items())) for node, c in sorted(probe.counts.items()) if any(c.values())}
+
+
+class _FloatOpCounter(torch.fx.Interpreter):
+    """Runs a lowered model and charges the float work of every standard node."""
+
+    def __init__(self, module: torch.fx.GraphModule, nodes: dict[str, ir.Node], probe: CountingProbe):
+        super().__init__(module)
+        self.nodes = nodes
+        self.probe = probe
+
+    def run_node(self, n: torch.fx.Node):
+        result = super().run_node(n)
+        node = self.nodes.get(n.meta.get("ir_node"))
+        if node is not None and isinstance(result, torch.Tensor):
+            self._charge(node, n, result)
+        return result
+
+    def _charge(self, node: ir.Node, n: torch.fx.Node, result: torch.Tensor) -> None:
+        op = node.op_type
+        if is_kirin(node):
+            return  # the Kirin modules report their own work
+        if op == "MatMul":
+            self.probe.count(node.name, float_macs=result.numel() * self._last_dim(n.args[0]))
+        elif op in _REDUCTIONS:
+            self.probe.count(node.name, float_ops=self._numel(n.args[0]))
+        elif op in FLOAT_OP_COST:
+            self.probe.count(node.name, float_ops=FLOAT_OP_COST[op] * result.numel())
+
+    def _last_dim(self, arg) -> int:
+        value = self.env.get(arg) if isinstance(arg, torch.fx.Node) else None
+        return int(value.shape[-1]) if isinstance(value, torch.Tensor) else 0
+
+    def _numel(self, arg) -> int:
+        value = self.env.get(arg) if isinstance(arg, torch.fx.Node) else None
+        return int(value.numel()) if isinstance(value, torch.Tensor) else 0
+

@@ -1,0 +1,237 @@
+"""The Kirin arithmetic as torch functions: the one implementation both execution modes call.
+
+Everything here follows ``docs/arithmetic.md``. Codes and integer accumulators are held in
+float32 tensors; every sum of integers is exact while it stays below 2^24, and `integer_matmul`
+switches to float64 when a product's bound could pass it. The float parts have one fixed order of
+evaluation (`rescale`, `normalized_membrane`) that the integer reference (``qann``) and the
+time-stepped network (``snn``) share, so the two modes agree bit for bit once their integers do.
+
+Two views of the same codes:
+
+- ``qann``: `quantize` gives the code ``q = clamp(R(x / s), lo, hi)`` directly;
+- ``snn``: `fire` runs a TTFS neuron step by step against the silence-threshold schedule and
+  emits a spike train (one spike per neuron at most), and `integrate_spikes` turns input spike
+  trains into accumulators with additions only.
+
+`R` is round half away from zero, computed as ``floor(r) + (r - floor(r) >= 1/2)`` on ``|r|``:
+the subtraction is exact in floating point, so ``R(r) >= j`` holds exactly when ``r >= j - 1/2``,
+the comparison a neuron makes (``floor(r + 1/2)`` is not exact: it rounds ``0.5 - 2^-25`` up).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+EXACT_FLOAT32 = 2**24  # integers up to this magnitude are exact in float32
+
+
+def window(bits: int, signed: bool) -> int:
+    """The TTFS window ``T`` of a code: ``2^(bits-1)`` steps for signed codes, ``2^bits`` for
+    unsigned ones. A code's magnitude is at most ``T - 1``."""
+    return 2 ** (bits - 1) if signed else 2**bits
+
+
+def code_range(bits: int, signed: bool) -> tuple[int, int]:
+    """The codes of ``bits`` bits: symmetric ``[-(2^(b-1)-1), 2^(b-1)-1]`` or ``[0, 2^b-1]``."""
+    top = window(bits, signed) - 1
+    return (-top if signed else 0), top
+
+
+def round_half_away(r: torch.Tensor) -> torch.Tensor:
+    """``R(r) = sign(r) * floor(|r| + 1/2)``, evaluated exactly (see the module docstring)."""
+    magnitude = r.abs()
+    whole = magnitude.floor()
+    return torch.copysign(whole + (magnitude - whole >= 0.5).to(r.dtype), r)
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """``clamp(R(x / scale), lo, hi)``: integer codes held in ``x``'s float type."""
+    return round_half_away(x / scale).clamp(lo, hi)
+
+
+def guard(scale: torch.Tensor) -> torch.Tensor:
+    """A scale with zeros replaced by one: an all-zero slice keeps all-zero codes."""
+    return torch.where(scale == 0, torch.ones_like(scale), scale)
+
+
+def max_scale(x: torch.Tensor, axis: int, top: int) -> torch.Tensor:
+    """``max |x| / top`` along ``axis`` (kept as a size-1 dimension), guarded against zero."""
+    return guard(x.abs().amax(dim=axis, keepdim=True) / top)
+
+
+def token_outliers(x: torch.Tensor, axis: int, count: int) -> torch.Tensor:
+    """The ``count`` largest ``|x|`` of every slice along ``axis``, as a boolean mask.
+
+    Ties are broken by the lower index, so the choice is a function of the values alone."""
+    count = min(count, x.shape[axis])
+    mask = torch.zeros(x.shape, dtype=torch.bool)
+    if count <= 0:
+        return mask
+    # A stable descending sort gives ties to the lower index; topk does not promise that.
+    order = torch.sort(x.abs(), dim=axis, descending=True, stable=True).indices
+    return mask.scatter(axis, order.narrow(axis, 0, count), True)
+
+
+# Integer products and rescaling ----------------------------------------------------------------
+
+
+def integer_matmul(
+    codes: torch.Tensor, weights: torch.Tensor, group: int = 0, bound: float | None = None
+) -> torch.Tensor:
+    """``codes @ weights`` of integer-valued tensors, exactly.
+
+    With ``group > 0`` the ``K`` input channels form blocks of ``group`` rows, each with its own
+    accumulator: the result has a group axis before the last, ``[..., M, K/group, N]``.
+    ``bound`` (``max|codes| * max|weights|`` by their ranges) picks float64 when a sum of ``K``
+    such products could leave float32's exact integers.
+    """
+    depth = group or codes.shape[-1]
+    wide = bound is not None and bound * depth >= EXACT_FLOAT32
+    if wide:
+        codes, weights = codes.double(), weights.double()
+    if group:
+        blocks = codes.shape[-1] // group
+        grouped = codes.unflatten(-1, (blocks, group))  # [..., M, G, g]
+        result = torch.einsum("...mgk,gkn->...mgn", grouped, weights.view(blocks, group, -1))
+    else:
+        result = codes @ weights
+    return result
+
+
+def rescale(
+    spike_acc: torch.Tensor,
+    spike_scale: torch.Tensor,
+    weight_scale: torch.Tensor,
+    int_acc: torch.Tensor | None = None,
+    int_scale: torch.Tensor | None = None,
+    group: int = 0,
+) -> torch.Tensor:
+    """``Y = s_w * (s_N * V + s_O * U)``, or with groups ``s_N * sum_g s_w[g] V[g] + s_O * ...``.
+
+    The one order of evaluation of the float part: both modes call this on their integers."""
+    if group:
+        spike = spike_scale * (weight_scale * spike_acc.float()).sum(dim=-2)
+        if int_acc is None:
+            return spike
+        return spike + int_scale * (weight_scale * int_acc.float()).sum(dim=-2)
+    spike = spike_scale * spike_acc.float()
+    if int_acc is not None:
+        spike = spike + int_scale * int_acc.float()
+    return weight_scale * spike
+
+
+# The spiking view ---------------------------------------------------------------------------------
+
+
+def fire(
+    membrane: torch.Tensor, steps: int, lo: int, silent: bool = True
+) -> tuple[torch.Tensor, int]:
+    """A layer of TTFS neurons over one window of ``steps`` steps; returns their spike train
+    ``[steps, ...]`` (values -1, 0, +1) and the number of threshold comparisons made.
+
+    ``membrane`` is the normalized membrane ``u / Delta``: one tensor (the value once the silent
+    integration phase has ended) or, with ``silent=False``, the trajectory ``[steps, ...]`` a
+    neuron sees while its inputs still arrive. At step ``t`` a neuron that has not fired yet
+    compares ``|u|`` with ``theta(t) = steps - t - 1/2`` and fires on ``|u| >= theta(t)`` with the
+    polarity of ``u``; ``lo = 0`` (unsigned codes) blocks negative spikes (a ReLU for free).
+    Step ``steps`` has no threshold: a code's magnitude is at most ``steps - 1``.
+    """
+    trajectory = membrane if not silent else None
+    shape = membrane.shape[1:] if trajectory is not None else membrane.shape
+    train = torch.zeros((steps, *shape), dtype=torch.float32)
+    fired = torch.zeros(shape, dtype=torch.bool)
+    comparisons = 0
+    for t in range(1, steps):
+        u = trajectory[min(t, len(trajectory)) - 1] if trajectory is not None else membrane
+        comparisons += int((~fired).sum())
+        crossing = ~fired & (u.abs() >= steps - t - 0.5)
+        if lo == 0:
+            crossing &= u > 0
+        train[t - 1] = torch.where(crossing, torch.sign(u), 0.0)
+        fired |= crossing
+    return train, comparisons
+
+
+def spike_codes(train: torch.Tensor) -> torch.Tensor:
+    """The codes a spike train carries: a spike of polarity ``p`` at step ``t`` of a window of
+    ``T`` steps is ``p * (T - t)``; no spike is 0."""
+    steps = train.shape[0]
+    weights = torch.arange(steps - 1, -1, -1, dtype=torch.float32).view(steps, *[1] * (train.dim() - 1))
+    return (train * weights).sum(dim=0)
+
+
+def encode(codes: torch.Tensor, steps: int) -> torch.Tensor:
+    """The spike train of integer codes: polarity ``sign(q)`` at step ``T - |q|`` (the inverse of
+    `spike_codes`; used by tests, never by the snn mode, whose spikes come from `fire`)."""
+    train = torch.zeros((steps, *codes.shape), dtype=torch.float32)
+    for t in range(1, steps):
+        train[t - 1] = torch.where(codes.abs() == steps - t, torch.sign(codes), 0.0)
+    return train
+
+
+def integrate_spikes(
+    train: torch.Tensor,
+    weights: torch.Tensor,
+    group: int = 0,
+    bound: float | None = None,
+    record: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Output neurons integrating input spike trains, step by step, with additions only.
+
+    For ``t = 1..T``: ``V[t] = V[t-1] + I[t-1]``, then ``I[t] = I[t-1] + sum of pol_k * W[k, n]
+    over inputs k spiking at t`` (one accumulate per spike and fan-out). A spike at step ``t_k``
+    is counted ``T - t_k = |q_k|`` times, so ``V[T] = sum_k q_k W[k, n]``: the spike path of the
+    integer product. Returns ``V[T]``, the trajectory ``V[1..T]`` when ``record`` is set, and the
+    number of membrane updates (neurons times steps in which the current was not zero).
+    """
+    steps = train.shape[0]
+    current = torch.zeros(_product_shape(train.shape[1:], weights.shape, group))
+    membrane = torch.zeros_like(current)
+    trajectory = []
+    updates = 0
+    for t in range(steps):
+        if t:
+            membrane = membrane + current
+            updates += int((current != 0).sum())
+        if record:
+            trajectory.append(membrane)
+        if train[t].any():  # a step without spikes costs no accumulate
+            current = current + integer_matmul(train[t], weights, group, bound)
+    return membrane, (torch.stack(trajectory) if record else None), updates
+
+
+def _product_shape(codes: torch.Size, weights: torch.Size, group: int) -> tuple[int, ...]:
+    if group:
+        return (*codes[:-1], codes[-1] // group, weights[-1])
+    batch = torch.broadcast_shapes(codes[:-2], weights[:-2])
+    return (*batch, codes[-2], weights[-1])
+
+
+# Weights -------------------------------------------------------------------------------------------
+
+
+def quantize_weight(
+    weight: np.ndarray, bits: int, group: int, clip_search: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric weight codes and scales of a ``[K, N]`` weight: per output channel
+    (``group = 0``, scales ``[N]``) or per block of ``group`` input rows (scales
+    ``[K/group, N]``). With ``clip_search``, each scale is the one among ``c * max|W| / top``,
+    ``c`` in 1.00, 0.95, ..., 0.50, with the least squared error of the dequantized weights."""
+    top = 2 ** (bits - 1) - 1
+    w = torch.tensor(np.asarray(weight, dtype=np.float32))
+    k, n = w.shape
+    blocks = w.view(k // group, group, n) if group else w.view(1, k, n)
+    peak = blocks.abs().amax(dim=1, keepdim=True)  # [G, 1, N]
+    best_scale = guard(peak / top)
+    if clip_search:
+        best_error = torch.full_like(peak, float("inf"))
+        for c in np.linspace(1.0, 0.5, 11):
+            scale = guard(peak * float(c) / top)
+            error = ((quantize(blocks, scale, -top, top) * scale - blocks) ** 2).sum(dim=1, keepdim=True)
+            better = error < best_error
+            best_error = torch.where(better, error, best_error)
+            best_scale = torch.where(better, scale, best_scale)
+    codes = quantize(blocks, best_scale, -top, top).view(k, n)
+    scales = best_scale.squeeze(1)
+    return codes.to(torch.int8).numpy(), (scales if group else scales.squeeze(0)).numpy()

@@ -1,0 +1,156 @@
+"""Calibration: the float model run on calibration inputs, reduced to per-channel statistics.
+
+The compiler attaches the inputs to a model (`attach`, kept in ``model.meta``: a transient
+analysis, never written to a file); passes that need statistics call `statistics`, which runs the
+model in the torch backend's ``float`` mode (activation quantizers are identities, weights as
+quantized) with a progress bar, and records, at the input of every ``ActQuant``, per channel of
+its last axis: the maximum ``|x|`` and the mean ``x^2`` over the batch and token axes.
+
+Statistics are cached on disk, keyed by a SHA-256 of the model (its printed IR and every
+constant's bytes) and of the inputs, so a rerun with the same model and inputs skips the runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+import torch
+import tqdm
+
+from kirin_compiler.backends.torch_kirin import Probe
+from kirin_compiler.errors import KirinError
+
+_META_KEY = "kirin.calibration"
+_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Calibration inputs (one feed dictionary per run) and where statistics are cached."""
+
+    feeds: Sequence[Mapping[str, np.ndarray]]
+    source: str
+    cache_dir: Path | None = None
+    progress: bool = True
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for feed in self.feeds:
+            for name in sorted(feed):
+                array = np.ascontiguousarray(feed[name])
+                h.update(f"{name}:{array.dtype}:{array.shape}".encode())
+                h.update(array.tobytes())
+        return h.hexdigest()
+
+    def provenance(self) -> str:
+        """What the ``.kirin`` metadata records of the calibration."""
+        tokens = sum(int(np.prod(next(iter(f.values())).shape)) for f in self.feeds)
+        return json.dumps(
+            {"source": self.source, "runs": len(self.feeds), "tokens": tokens, "sha256": self.digest()},
+            sort_keys=True,
+        )
+
+
+@dataclasses.dataclass
+class ChannelStats:
+    """Per-channel statistics of one quantizer's input: ``amax`` and ``mean_square`` have the
+    input's shape with the batch axis and the token axis (-2) reduced to 1."""
+
+    amax: np.ndarray
+    mean_square: np.ndarray
+
+
+def attach(model: ir.Model, calibration: Calibration) -> None:
+    model.meta[_META_KEY] = calibration
+
+
+def attached(model: ir.Model, needed_by: str) -> Calibration:
+    calibration = model.meta.get(_META_KEY)
+    if calibration is None:
+        raise KirinError(
+            f"{needed_by} needs calibration inputs: give --calib IDS.npy (token ids) or --calib "
+            "TEXT --tokenizer DIR"
+        )
+    return calibration
+
+
+def statistics(model: ir.Model, needed_by: str) -> dict[str, ChannelStats]:
+    """The statistics of every ``ActQuant`` input, from the cache or from calibration runs."""
+    calibration = attached(model, needed_by)
+    key = _cache_key(model, calibration)
+    path = calibration.cache_dir / f"{key}.npz" if calibration.cache_dir else None
+    if path is not None and path.is_file():
+        return _load(path)
+    from kirin_compiler.backends import torch_backend  # the backend imports this package
+
+    probe = _StatsProbe()
+    module = torch_backend.lower(model, "float", probe)
+    for feed in tqdm.tqdm(calibration.feeds, desc="calibrate", unit="run", disable=not calibration.progress):
+        torch_backend.run(module, model, feed)
+    stats = probe.result()
+    if path is not None:
+        _save(path, stats)
+    return stats
+
+
+class _StatsProbe(Probe):
+    def __init__(self) -> None:
+        self.amax: dict[str, torch.Tensor] = {}
+        self.sum_square: dict[str, torch.Tensor] = {}
+        self.rows: dict[str, int] = {}
+
+    def observe(self, node: str, x: torch.Tensor, axis: int) -> None:
+        dims = sorted({0, x.dim() - 2})
+        amax = x.abs().amax(dim=dims, keepdim=True)
+        square = x.double().square().sum(dim=dims, keepdim=True)
+        if node in self.amax:
+            amax = torch.maximum(amax, self.amax[node])
+            square = square + self.sum_square[node]
+        self.amax[node] = amax
+        self.sum_square[node] = square
+        self.rows[node] = self.rows.get(node, 0) + x.shape[0] * x.shape[-2]
+
+    def result(self) -> dict[str, ChannelStats]:
+        return {
+            node: ChannelStats(
+                self.amax[node].numpy(), (self.sum_square[node] / self.rows[node]).float().numpy()
+            )
+            for node in sorted(self.amax)
+        }
+
+
+def _cache_key(model: ir.Model, calibration: Calibration) -> str:
+    from kirin_compiler.printer import format_model
+
+    h = hashlib.sha256(f"kirin-calibration {_CACHE_VERSION}\n".encode())
+    h.update(format_model(model).encode())
+    for name in sorted(model.graph.initializers):
+        tensor = model.graph.initializers[name].const_value
+        if tensor is not None:
+            h.update(name.encode())
+            h.update(tensor.tobytes())
+    h.update(calibration.digest().encode())
+    return h.hexdigest()[:32]
+
+
+def _save(path: Path, stats: dict[str, ChannelStats]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for node, s in stats.items():
+        arrays[f"{node}|amax"] = s.amax
+        arrays[f"{node}|mean_square"] = s.mean_square
+    partial = path.with_suffix(".partial.npz")
+    np.savez(partial, **arrays)
+    partial.replace(path)
+
+
+def _load(path: Path) -> dict[str, ChannelStats]:
+    with np.load(path) as data:
+        nodes = sorted({key.split("|")[0] for key in data.files})
+        return {n: ChannelStats(data[f"{n}|amax"], data[f"{n}|mean_square"]) for n in nodes}

@@ -1,0 +1,71 @@
+"""Small helpers the passes share to rewrite the IR: constants, unique names, replacing nodes."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from kirin_compiler.kirin_ops import KIRIN_DOMAIN, KIRIN_OPSET_VERSION
+
+
+def constant(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
+    """A new initializer holding ``array`` (int4 arrays of `ml_dtypes` are stored as INT4)."""
+    value = ir.Value(name=unique(graph, name), const_value=ir.tensor(array))
+    value.shape = ir.Shape(array.shape)
+    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+    graph.register_initializer(value)
+    return value
+
+
+def unique(graph: ir.Graph, base: str) -> str:
+    """``base``, or ``base_<n>`` if a value of the graph already has that name."""
+    taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs}
+    taken |= {v.name for v in graph.inputs}
+    candidate, suffix = base, 0
+    while candidate in taken:
+        suffix += 1
+        candidate = f"{base}_{suffix}"
+    return candidate
+
+
+def replace(
+    graph: ir.Graph, old: Sequence[ir.Node], new: Sequence[ir.Node],
+    old_values: Sequence[ir.Value], new_values: Sequence[ir.Value],
+) -> None:
+    """Puts ``new`` nodes after the last of ``old`` and removes ``old``; each of ``new_values``
+    takes over the uses and the name of the matching old value."""
+    ir.convenience.replace_nodes_and_values(
+        graph, old[-1], list(old), list(new), list(old_values), list(new_values)
+    )
+
+
+def kirin_node(
+    op_type: str, inputs: Sequence[ir.Value | None], attributes: Mapping[str, object],
+    name: str, outputs: Sequence[str], metadata: Mapping[str, str] | None = None,
+) -> ir.Node:
+    """An ``ai.kirin`` node with named outputs (trailing absent inputs dropped)."""
+    inputs = list(inputs)
+    while inputs and inputs[-1] is None:
+        inputs.pop()
+    node = ir.node(
+        op_type, inputs, dict(attributes), domain=KIRIN_DOMAIN, name=name,
+        num_outputs=len(outputs), metadata_props=dict(metadata or {}),
+    )
+    for value, output in zip(node.outputs, outputs):
+        value.name = output
+    return node
+
+
+def import_kirin_domain(model: ir.Model) -> None:
+    """Declares the ``ai.kirin`` opset; INT4 weights need IR version 10."""
+    model.opset_imports[KIRIN_DOMAIN] = KIRIN_OPSET_VERSION
+    model.ir_version = max(model.ir_version or 0, 10)
+
+
+def drop_unused_initializers(graph: ir.Graph) -> None:
+    """Removes initializers no node reads (the float weights a pass replaced)."""
+    for name, value in list(graph.initializers.items()):
+        if not value.uses() and not value.is_graph_output():
+            del graph.initializers[name]

@@ -1,0 +1,51 @@
+"""``energy-annotate``: operation counts per node and time steps, measured and stored in the IR.
+
+Runs the compiled network in the snn mode on the first ``runs`` calibration inputs and stores
+(`kirin_compiler.accounting` defines every count):
+
+1. on every node that did work, ``kirin.ops``: a JSON object of its counts (spikes, neurons,
+   comparisons, accumulates, membrane updates, integer MACs, float operations and MACs);
+2. on the model, ``kirin.timesteps``: the longest chain of TTFS windows per decoder layer and in
+   total, beside 8-bit single-spike coding and the reduction; and ``kirin.workload``: the runs
+   and tokens the counts are for.
+
+Energy is priced from these counts by a preset whose constants name their sources; the counts
+themselves carry no prices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx_ir as ir
+
+from kirin_compiler import accounting, calibration
+from kirin_compiler.pass_manager import Pass
+
+KEY_WORKLOAD = "kirin.workload"
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyAnnotatePass(Pass):
+    """Per-node operation counts (spikes x fan-out accumulates, membrane updates, integer MACs,
+    threshold comparisons, float ops) measured in the snn mode, and time steps."""
+
+    name = "energy-annotate"
+    requires_passes = ("threshold-insert",)
+
+    runs: int = 1
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if self.runs < 1:
+            raise ValueError(f"option runs={self.runs}: use at least 1")
+        feeds = list(calibration.attached(model, self.name).feeds[: self.runs])
+        counts = accounting.count_operations(model, feeds)
+        for node in model.graph:
+            if node.name in counts:
+                node.metadata_props[accounting.KEY_OPS] = json.dumps(counts[node.name], sort_keys=True)
+        model.metadata_props[accounting.KEY_TIMESTEPS] = accounting.timesteps(model.graph).to_json()
+        tokens = sum(int(np.prod(next(iter(feed.values())).shape)) for feed in feeds)
+        model.metadata_props[KEY_WORKLOAD] = json.dumps({"runs": len(feeds), "tokens": tokens}, sort_keys=True)
+        return ir.passes.PassResult(model, True)

@@ -1,0 +1,134 @@
+"""``outlier-detect``: calibrate, then choose each product's 8-bit outliers within a budget.
+
+Runs the model on the calibration inputs (`kirin_compiler.calibration`: float activations,
+quantized weights; statistics cached on disk) and rewrites every ``ActQuant``:
+
+1. A left operand with per-token scales (every linear input, ``Q`` and ``P`` of attention)
+   gets ``k = ceil(fraction * K)`` outliers out of its ``K`` channels:
+   - ``mode=token``: chosen per token at run time, the token's ``k`` largest ``|x|``
+     (``outliers="token"``, ``outlier_count=k``);
+   - ``mode=static``: the ``k`` channels of largest calibration mean ``x^2``, the same for every
+     token (``outliers="static"``, a boolean mask input).
+   Outlier codes are 8-bit with a per-token scale; the quantizer gains two outputs (codes and
+   scale), which its products take as two more inputs.
+2. A quantizer with a static scale gets it from calibration: ``s = max|x| / top``. For a
+   post-ReLU input the ``k`` channels of largest mean ``x^2`` (any mode but ``none``) become
+   static outliers whose scale, ``max|x| / 127``, is static too; the spike scale is taken over
+   the other channels only. ``V`` of ``P · V`` gets one scale per head and channel.
+3. ``mode=none`` adds no outliers (a W4A4 model); static scales are still calibrated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from kirin_compiler import arithmetic, calibration, rewrite
+from kirin_compiler.calibration import ChannelStats
+from kirin_compiler.kirin_ops import ACT_QUANT, QMATMUL, is_kirin
+from kirin_compiler.pass_manager import Pass
+
+OUTLIER_TOP = 127
+
+
+@dataclasses.dataclass(frozen=True)
+class OutlierDetectPass(Pass):
+    """Calibration, then 8-bit outliers per product (chosen per token or as static channels)
+    within a budget, and the static scales."""
+
+    name = "outlier-detect"
+    requires_passes = ("quantize",)
+
+    mode: Literal["token", "static", "none"] = "token"
+    fraction: float = 0.03
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"option fraction={self.fraction}: use a fraction in [0, 1)")
+        quantizers = [n for n in model.graph if is_kirin(n, ACT_QUANT) and "outliers" not in n.attributes]
+        if not quantizers:
+            return ir.passes.PassResult(model, False)
+        stats = calibration.statistics(model, self.name)
+        model.metadata_props["kirin.calibration"] = calibration.attached(model, self.name).provenance()
+        for node in quantizers:
+            self._rewrite(model.graph, node, stats[node.name])
+        return ir.passes.PassResult(model, True)
+
+    def _rewrite(self, graph: ir.Graph, node: ir.Node, stats: ChannelStats) -> None:
+        attributes = node.attributes
+        static = attributes["scale"].value == "static"
+        channels = stats.amax.shape[-1]
+        count = math.ceil(self.fraction * channels) if self.mode != "none" else 0
+        axis = attributes["axis"].value
+        node.attributes["outliers"] = ir.AttrString("outliers", "none")
+        if static:
+            self._static_scales(graph, node, stats, count if axis == -1 else 0)
+        elif axis == -1 and count:
+            if self.mode == "token":
+                node.attributes["outliers"] = ir.AttrString("outliers", "token")
+                node.attributes["outlier_count"] = ir.AttrInt64("outlier_count", count)
+                _add_outlier_outputs(graph, node)
+            else:
+                mask = _top_channels(stats, count)
+                node.attributes["outliers"] = ir.AttrString("outliers", "static")
+                _set_inputs(node, {2: rewrite.constant(graph, mask, f"{node.name}.mask")})
+                _add_outlier_outputs(graph, node)
+
+    @staticmethod
+    def _static_scales(graph: ir.Graph, node: ir.Node, stats: ChannelStats, count: int) -> None:
+        bits, signed = node.attributes["bits"].value, bool(node.attributes["signed"].value)
+        top = arithmetic.code_range(bits, signed)[1]
+        if node.attributes["axis"].value == -2:  # V: per head and channel
+            scale = stats.amax / top
+            _set_inputs(node, {1: rewrite.constant(graph, _guarded(scale), f"{node.name}.scale")})
+            return
+        amax = stats.amax.reshape(-1, stats.amax.shape[-1]).max(axis=0)
+        if not count:
+            _set_inputs(node, {1: rewrite.constant(graph, _guarded(amax.max() / top), f"{node.name}.scale")})
+            return
+        mask = _top_channels(stats, count)
+        node.attributes["outliers"] = ir.AttrString("outliers", "static")
+        _set_inputs(node, {
+            1: rewrite.constant(graph, _guarded(amax[~mask].max(initial=0.0) / top), f"{node.name}.scale"),
+            2: rewrite.constant(graph, mask, f"{node.name}.mask"),
+            3: rewrite.constant(graph, _guarded(amax[mask].max() / OUTLIER_TOP), f"{node.name}.oscale"),
+        })
+        _add_outlier_outputs(graph, node)
+
+
+def _top_channels(stats: ChannelStats, count: int) -> np.ndarray:
+    """The ``count`` channels of largest mean ``x^2`` (averaged over heads); ties to the lower
+    index."""
+    energy = stats.mean_square.reshape(-1, stats.mean_square.shape[-1]).mean(axis=0)
+    order = np.argsort(-energy, kind="stable")[:count]
+    mask = np.zeros(energy.shape, dtype=np.bool_)
+    mask[order] = True
+    return mask
+
+
+def _guarded(scale: np.ndarray) -> np.ndarray:
+    scale = np.asarray(scale, dtype=np.float32)
+    return np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
+
+
+def _set_inputs(node: ir.Node, inputs: dict[int, ir.Value]) -> None:
+    node.resize_inputs(max(len(node.inputs), max(inputs) + 1))
+    for index, value in inputs.items():
+        node.replace_input_with(index, value)
+
+
+def _add_outlier_outputs(graph: ir.Graph, node: ir.Node) -> None:
+    """The quantizer's outlier codes and scale, passed on to every product reading it."""
+    node.resize_outputs(4)
+    codes, scale = node.outputs[2], node.outputs[3]
+    codes.name = rewrite.unique(graph, f"{node.name}.qo")
+    scale.name = rewrite.unique(graph, f"{node.name}.so")
+    codes.type, codes.shape = node.outputs[0].type, node.outputs[0].shape
+    scale.type = ir.TensorType(ir.DataType.FLOAT)
+    for consumer in [u.node for u in node.outputs[0].uses()]:
+        if is_kirin(consumer, QMATMUL) and consumer.inputs[0] is node.outputs[0]:
+            _set_inputs(consumer, {4: codes, 5: scale})
