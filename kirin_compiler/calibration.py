@@ -27,7 +27,9 @@ from kirin_compiler.backends.torch_kirin import Probe
 from kirin_compiler.errors import KirinError
 
 _META_KEY = "kirin.calibration"
+KEY_CALIBRATION = "kirin.calibration"  # the provenance in a .kirin file's metadata
 _CACHE_VERSION = 1
+DEFAULT_CACHE = Path("~/.cache/kirin_compiler/calibration")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +66,19 @@ class ChannelStats:
 
     amax: np.ndarray
     mean_square: np.ndarray
+
+
+def windows(ids: np.ndarray, length: int, count: int) -> list[np.ndarray]:
+    """The first ``count`` windows ``[1, <=length]`` of token ids ``[batch, sequence]``: each
+    row cut into non-overlapping windows of ``length`` tokens (a shorter row is one window; a
+    row's shorter tail is dropped)."""
+    result = []
+    for row in ids:
+        starts = range(0, max(len(row) - length, 0) + 1, length)
+        result.extend(row[None, s : s + length] for s in starts)
+        if len(result) >= count:
+            break
+    return result[:count]
 
 
 def attach(model: ir.Model, calibration: Calibration) -> None:

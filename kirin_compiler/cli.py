@@ -17,7 +17,9 @@ from typing import Sequence
 
 import onnx_ir as ir
 
-from kirin_compiler import __version__, roles
+from kirin_compiler import __version__, calibration, roles
+from kirin_compiler.accounting import KEY_TIMESTEPS
+from kirin_compiler.calibration import DEFAULT_CACHE
 from kirin_compiler.compiler import DEFAULT_PIPELINE, compile_model
 from kirin_compiler.errors import KirinError, PassFailedError
 from kirin_compiler.format import (
@@ -42,16 +44,20 @@ commands:
   kirinc [compile] MODEL -o OUT.kirin   compile an ONNX (or .kirin) model (the default command)
   kirinc inspect FILE                   summarize an ONNX or .kirin file
   kirinc run MODEL --input FILE         run a model on the torch backend and print its outputs
+  kirinc verify MODEL.kirin             prove that the spiking network equals the integer one
 
 examples:
-  kirinc model.onnx -o model.kirin
-  kirinc model.onnx -o model.kirin --dump-dir dumps --time-passes
+  kirinc model.onnx -o model.kirin --calib calib_ids.npy
+  kirinc model.onnx -o model.kirin --calib wiki.txt --tokenizer tok/ --dump-dir dumps
+  kirinc model.onnx -o model.onnx.canonical -p canonicalize
   kirinc model.onnx --load-pass my_passes.py:DropMulByOnePass -p "canonicalize,drop-mul-by-one"
   kirinc inspect model.kirin
-  kirinc run model.kirin --input prompt.txt --tokenizer tokenizer/
+  kirinc run model.kirin --input prompt.txt --tokenizer tok/ --mode snn
+  kirinc verify model.kirin
 
-The default pipeline is "{DEFAULT_PIPELINE}". Exit status: 0 on success, 2 on bad input or
-options, 1 when a pass fails.
+The default pipeline is "{DEFAULT_PIPELINE}"; its outlier-detect and energy-annotate passes run
+the model on the --calib inputs. Exit status: 0 on success, 2 on bad input or options, 1 when a
+pass fails or verify finds a mismatch.
 """
 
 
@@ -62,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _inspect(_inspect_parser().parse_args(argv[1:]))
         if argv and argv[0] == "run":
             return _run(_run_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "verify":
+            return _verify(_verify_parser().parse_args(argv[1:]))
         if argv and argv[0] == "compile":
             argv = argv[1:]
         return _compile(_compile_parser().parse_args(argv))
@@ -93,6 +101,14 @@ def _compile_parser() -> argparse.ArgumentParser:
         "--load-pass", action="append", default=[], metavar="MODULE:CLASS",
         help="register a custom pass from 'package.module:Class' or 'path/to/file.py:Class' "
         "(repeatable)",
+    )
+    _add_calibration_arguments(parser)
+    parser.add_argument(
+        "--calib-cache", metavar="DIR", default=str(DEFAULT_CACHE),
+        help="cache calibration statistics here, so reruns skip calibration (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-calib-cache", action="store_true", help="neither read nor write cached statistics"
     )
     parser.add_argument("--list-passes", action="store_true", help="list the known passes and exit")
     parser.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
@@ -139,6 +155,10 @@ def _compile(args: argparse.Namespace) -> int:
     model = load_model(args.input)
     if args.output is not None:  # checked again when saving; here, before any work
         check_not_weights_in_use(model, [pathlib.Path(args.output)])
+    if args.calib is not None:
+        cache = None if args.no_calib_cache else pathlib.Path(args.calib_cache).expanduser()
+        feeds, source = _calibration_feeds(args, model)
+        calibration.attach(model, calibration.Calibration(feeds, source, cache))
     compile_model(model, passes, instruments=instruments, stop_after=args.stop_after)
     if args.output is None:
         print("kirinc: no -o given: nothing written", file=sys.stderr)
@@ -152,7 +172,49 @@ def _compile(args: argparse.Namespace) -> int:
         f"pipeline {model.metadata_props[KEY_PIPELINE]})",
         file=sys.stderr,
     )
+    if KEY_TIMESTEPS in model.metadata_props:
+        steps = json.loads(model.metadata_props[KEY_TIMESTEPS])
+        print(
+            f"kirinc: {steps['total']} time steps ({steps['baseline_8bit_total']} with 8-bit "
+            f"single spikes: {steps['reduction']:.2%} fewer)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--calib", metavar="FILE",
+        help="calibration inputs: token ids as .npy ([batch, sequence]: one run per row, cut "
+        "into windows) or a text file to tokenize with --tokenizer",
+    )
+    parser.add_argument("--tokenizer", metavar="DIR", help="folder with a tokenizer.json, for text")
+    parser.add_argument(
+        "--calib-length", type=int, default=512, metavar="N",
+        help="tokens per calibration window (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--calib-windows", type=int, default=8, metavar="N",
+        help="number of calibration windows, the first ones (default: %(default)s)",
+    )
+
+
+def _calibration_feeds(args: argparse.Namespace, model: ir.Model) -> tuple[list, str]:
+    """The calibration windows of ``--calib`` as feeds, and their provenance."""
+    if len(model.graph.inputs) != 1:
+        raise KirinError("--calib feeds token ids to a model with one input; this model has "
+                         f"{len(model.graph.inputs)}")
+    for option in ("calib_length", "calib_windows"):
+        if getattr(args, option) < 1:
+            raise KirinError(f"--{option.replace('_', '-')} {getattr(args, option)}: use at least 1")
+    tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
+    ids = _token_ids(pathlib.Path(args.calib), tokenizer)
+    windows = calibration.windows(ids, args.calib_length, args.calib_windows)
+    name = model.graph.inputs[0].name
+    source = {"file": str(args.calib), "length": args.calib_length, "windows": args.calib_windows}
+    if args.tokenizer:
+        source["tokenizer"] = str(args.tokenizer)
+    return [{name: w} for w in windows], json.dumps(source, sort_keys=True)
 
 
 def _sizes(files: Sequence[pathlib.Path]) -> str:
@@ -270,8 +332,9 @@ def _run_parser() -> argparse.ArgumentParser:
         "--tokenizer", metavar="DIR", help="folder with a tokenizer.json, for text input"
     )
     parser.add_argument(
-        "--mode", choices=["float"], default="float",
-        help="execution mode: float, the model as compiled (default: %(default)s)",
+        "--mode", choices=["float", "qann", "snn"], default="float",
+        help="execution mode: float (activations unquantized), qann (the integer reference) or "
+        "snn (time-stepped spikes) (default: %(default)s)",
     )
     parser.add_argument(
         "--save", metavar="OUT", help="save the outputs: .npy for the first output, .npz for all"
@@ -293,7 +356,7 @@ def _run(args: argparse.Namespace) -> int:
         names = ", ".join(v.name for v in model.graph.inputs)
         raise KirinError(f"'{args.model}' takes {len(model.graph.inputs)} inputs ({names}); "
                          "kirinc run feeds one input of token ids")
-    module = torch_backend.lower(model)
+    module = torch_backend.lower(model, args.mode)
     try:
         outputs = torch_backend.run(module, model, {model.graph.inputs[0].name: ids})
     except (RuntimeError, IndexError, ValueError) as error:  # e.g. a token id past the vocabulary
@@ -361,3 +424,70 @@ def _save_outputs(path: pathlib.Path, model: ir.Model, outputs: list) -> None:
                 np.save(file, outputs[0])
             else:
                 np.savez(file, **{v.name: a for v, a in zip(model.graph.outputs, outputs)})
+
+
+def _verify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kirinc verify",
+        description="Run a compiled model in the qann mode (integer reference) and the snn mode "
+        "(time-stepped spikes), compare every integer accumulator, code and output bit for bit, "
+        "and print a per-layer table. Exits with status 1 on any mismatch.",
+        epilog="examples:\n  kirinc verify model.kirin                  (its calibration inputs)\n"
+        "  kirinc verify model.kirin --input ids.npy\n"
+        "  kirinc verify model.kirin --input wiki.txt --tokenizer tok/ --windows 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help=".kirin file")
+    parser.add_argument(
+        "--input", metavar="FILE",
+        help="token ids (.npy) or text (with --tokenizer); default: the calibration inputs the "
+        "model was compiled with, if their file is still there and unchanged",
+    )
+    parser.add_argument("--tokenizer", metavar="DIR", help="folder with a tokenizer.json, for text")
+    parser.add_argument("--length", type=int, default=512, metavar="N",
+                        help="tokens per window (default: %(default)s)")
+    parser.add_argument("--windows", type=int, default=1, metavar="N",
+                        help="number of windows to run, the first ones (default: %(default)s)")
+    return parser
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from kirin_compiler import equivalence
+
+    model = load_model(args.model)
+    recorded = args.input is None
+    if recorded:
+        args.input, args.tokenizer, args.length, args.windows, digest = _recorded_calibration(model, args.model)
+    for option in ("length", "windows"):
+        if getattr(args, option) < 1:
+            raise KirinError(f"--{option} {getattr(args, option)}: use at least 1")
+    tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
+    ids = _token_ids(pathlib.Path(args.input), tokenizer)
+    name = model.graph.inputs[0].name
+    feeds = [{name: w} for w in calibration.windows(ids, args.length, args.windows)]
+    if recorded and calibration.Calibration(feeds, "").digest() != digest:
+        raise KirinError(
+            f"the calibration file '{args.input}' changed since '{args.model}' was compiled: "
+            "give --input FILE"
+        )
+    print(f"kirinc: verifying {args.model} on {len(feeds)} window(s) of {args.input}", file=sys.stderr)
+    report = equivalence.check(model, feeds, progress=sys.stderr.isatty())
+    print(report.table())
+    print(report.summary(), end="")
+    return 0 if report.ok else 1
+
+
+def _recorded_calibration(model: ir.Model, path: str) -> tuple:
+    """The calibration inputs ``path`` records: file, tokenizer, length, windows, digest."""
+    recorded = model.metadata_props.get(calibration.KEY_CALIBRATION)
+    if recorded is None:
+        raise KirinError(f"'{path}' records no calibration inputs: give --input FILE")
+    provenance = json.loads(recorded)
+    source = json.loads(provenance["source"])
+    if not pathlib.Path(source["file"]).is_file():
+        raise KirinError(
+            f"the calibration file '{source['file']}' that '{path}' was compiled with is gone: "
+            "give --input FILE"
+        )
+    return (source["file"], source.get("tokenizer"), source["length"], source["windows"],
+            provenance["sha256"])

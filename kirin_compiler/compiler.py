@@ -10,7 +10,9 @@ from kirin_compiler.format import KEY_PIPELINE
 from kirin_compiler.pass_manager import Instrument, Pass, PassManager, PassRecord
 from kirin_compiler.registry import PassRegistry, split_pipeline
 
-DEFAULT_PIPELINE = "canonicalize"
+DEFAULT_PIPELINE = (
+    "canonicalize,quantize,outlier-detect,spike-matrix-hybridize,threshold-insert,energy-annotate"
+)
 
 
 def compile_model(

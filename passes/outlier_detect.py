@@ -53,7 +53,7 @@ class OutlierDetectPass(Pass):
         if not quantizers:
             return ir.passes.PassResult(model, False)
         stats = calibration.statistics(model, self.name)
-        model.metadata_props["kirin.calibration"] = calibration.attached(model, self.name).provenance()
+        model.metadata_props[calibration.KEY_CALIBRATION] = calibration.attached(model, self.name).provenance()
         for node in quantizers:
             self._rewrite(model.graph, node, stats[node.name])
         return ir.passes.PassResult(model, True)

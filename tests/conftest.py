@@ -107,3 +107,4 @@ def exported(export_dir):
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_LLAMA = REPO / "models" / "tiny_llama.onnx"
+TINY_LLAMA_IDS = REPO / "models" / "tiny_llama_ids.npy"

@@ -11,7 +11,7 @@ import onnx
 import onnx.helper as oh
 import onnx.numpy_helper as onh
 import pytest
-from conftest import TINY_LLAMA
+from conftest import TINY_LLAMA, TINY_LLAMA_IDS
 
 from kirin_compiler import load_model
 from kirin_compiler.cli import main
@@ -45,6 +45,10 @@ class ScalePass(Pass):
 '''
 
 
+# Calibration for the default (Kirin) pipeline: the shipped ids, no cache outside the test.
+CALIB = ("--calib", TINY_LLAMA_IDS, "--no-calib-cache")
+
+
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     status = main([str(a) for a in argv])
     captured = capsys.readouterr()
@@ -69,12 +73,15 @@ def option_pass(tmp_path) -> str:
 
 def test_compile_writes_a_kirin_file(capsys, model_path, tmp_path):
     out = tmp_path / "out.kirin"
-    status, _, err = run(capsys, model_path, "-o", out)
+    status, _, err = run(capsys, model_path, "-o", out, *CALIB)
     assert status == 0 and out.is_file()
-    assert "wrote" in err
+    assert "wrote" in err and "112 time steps (1792 with 8-bit single spikes: 93.75% fewer)" in err
     model = load_model(out)
     assert model.opset_imports["ai.kirin"] == 1
-    assert model.metadata_props["kirin.pipeline"] == "canonicalize"
+    pipeline = model.metadata_props["kirin.pipeline"]
+    assert pipeline.startswith("canonicalize,quantize{bits=4,") and pipeline.endswith("energy-annotate{runs=1}")
+    assert json.loads(model.metadata_props["kirin.timesteps"])["reduction"] == 0.9375
+    assert json.loads(model.metadata_props["kirin.calibration"])["tokens"] == 16
     assert model.metadata_props["kirin.format_version"] == "1"
     source = json.loads(model.metadata_props["kirin.source"])
     assert source["file"] == "tiny_llama.onnx" and len(source["sha256"]) == 64
@@ -99,10 +106,12 @@ def test_list_passes_shows_options_and_loaded_passes(capsys, option_pass):
 
 
 def test_print_ir_after_all(capsys, model_path):
-    status, out, _ = run(capsys, model_path, "--print-ir-after-all")
+    status, out, _ = run(capsys, model_path, "--print-ir-after-all", *CALIB)
     assert status == 0
     assert "// ----- IR after 01 canonicalize ----- //" in out
     assert "role=attn-qk" in out
+    assert "// ----- IR after 06 energy-annotate ----- //" in out
+    assert "ai.kirin::TTFSEncoder" in out and "ai.kirin::SpikeMatMul" in out
 
 
 def test_print_ir_after_named_pass_only(capsys, model_path, option_pass):
@@ -151,14 +160,14 @@ def test_dump_dir_writes_numbered_files_and_a_manifest(capsys, model_path, tmp_p
 
 def test_dump_dir_is_reused_but_never_clobbers_foreign_files(capsys, model_path, tmp_path):
     dumps = tmp_path / "dumps"
-    assert run(capsys, model_path, "--dump-dir", dumps)[0] == 0
+    assert run(capsys, model_path, "-p", "canonicalize", "--dump-dir", dumps)[0] == 0
     (dumps / "notes.txt").write_text("mine")
-    assert run(capsys, model_path, "--dump-dir", dumps)[0] == 0  # an earlier dump: replaced
+    assert run(capsys, model_path, "-p", "canonicalize", "--dump-dir", dumps)[0] == 0  # replaced
     assert (dumps / "notes.txt").read_text() == "mine"
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "data.csv").write_text("1,2")
-    status, _, err = run(capsys, model_path, "--dump-dir", foreign)
+    status, _, err = run(capsys, model_path, "-p", "canonicalize", "--dump-dir", foreign)
     assert status == 2 and "not empty" in err
     assert sorted(p.name for p in foreign.iterdir()) == ["data.csv"]
 
@@ -175,7 +184,7 @@ def test_a_failed_run_leaves_a_dump_folder_that_can_be_reused(capsys, model_path
     assert err == "kirinc: error: pass 'crash' failed (after: canonicalize): RuntimeError: bug\n"
     manifest = json.loads((dumps / "manifest.json").read_text())
     assert [p["name"] for p in manifest["passes"]] == ["canonicalize"]
-    assert run(capsys, model_path, "--dump-dir", dumps)[0] == 0
+    assert run(capsys, model_path, "-p", "canonicalize", "--dump-dir", dumps)[0] == 0
 
 
 def test_loading_the_same_pass_file_twice_is_harmless(capsys, model_path, option_pass):
@@ -187,7 +196,7 @@ def test_loading_the_same_pass_file_twice_is_harmless(capsys, model_path, option
 
 def test_recompiling_a_kirin_file_keeps_its_provenance_and_history(capsys, model_path, tmp_path, option_pass):
     first, second = tmp_path / "first.kirin", tmp_path / "second.kirin"
-    assert run(capsys, model_path, "-o", first)[0] == 0
+    assert run(capsys, model_path, "-p", "canonicalize", "-o", first)[0] == 0
     assert run(capsys, first, "--load-pass", option_pass, "-p", "scale", "-o", second)[0] == 0
     compiled = load_model(second)
     assert compiled.metadata_props["kirin.source"] == load_model(first).metadata_props["kirin.source"]
@@ -216,13 +225,13 @@ def test_stop_after(capsys, model_path, tmp_path, option_pass):
     )
     assert status == 0
     assert load_model(out).metadata_props["kirin.pipeline"] == "canonicalize"
-    status, _, err = run(capsys, model_path, "--stop-after", "quantize")
+    status, _, err = run(capsys, model_path, "-p", "canonicalize", "--stop-after", "quantize")
     assert status == 2 and "stop after 'quantize': no pass of the pipeline has that name" in err
 
 
 def test_inspect_summarizes_a_kirin_file(capsys, model_path, tmp_path):
     out = tmp_path / "out.kirin"
-    assert run(capsys, model_path, "-o", out)[0] == 0
+    assert run(capsys, model_path, "-p", "canonicalize", "-o", out)[0] == 0
     status, text, _ = run(capsys, "inspect", out)
     assert status == 0
     assert "pipeline        canonicalize" in text
@@ -253,14 +262,16 @@ def test_same_input_gives_byte_identical_kirin_files_and_dumps(capsys, model_pat
         folder.mkdir()
         status, printed, _ = run(
             capsys, model_path, "-o", folder / "out.kirin", "--dump-dir", folder / "dumps",
-            "--print-ir-after-all",
+            "--print-ir-after-all", *CALIB,
         )
         assert status == 0
         outputs.append((folder, printed))
     (first, printed_first), (second, printed_second) = outputs
     assert printed_first == printed_second
     assert (first / "out.kirin").read_bytes() == (second / "out.kirin").read_bytes()
-    for name in ("00_input.txt", "00_input.onnx", "01_canonicalize.txt", "01_canonicalize.onnx"):
+    dumps = sorted(p.name for p in (first / "dumps").iterdir() if p.name != "manifest.json")
+    assert len(dumps) == 14  # the input and six passes, as text and ONNX
+    for name in dumps:
         assert (first / "dumps" / name).read_bytes() == (second / "dumps" / name).read_bytes()
     strip_times = lambda path: [  # noqa: E731
         {k: v for k, v in p.items() if k != "seconds"}
@@ -393,7 +404,7 @@ def test_a_failing_output_write_leaves_no_partial_file(capsys, model_path, tmp_p
         raise OSError("disk full")
 
     monkeypatch.setattr(onnx_ir, "save", crash)
-    status, _, err = run(capsys, model_path, "-o", tmp_path / "out.kirin")
+    status, _, err = run(capsys, model_path, "-p", "canonicalize", "-o", tmp_path / "out.kirin")
     assert status == 2 and err == f"kirinc: error: cannot write '{tmp_path / 'out.kirin'}': disk full\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_llama.onnx"]
 
@@ -408,12 +419,14 @@ def test_separate_processes_give_byte_identical_output(tmp_path, exported):
     for index, node in enumerate(proto.graph.node):
         node.name = f"n{index}"
     onnx.save(proto, tmp_path / "anonymous.onnx")
+    np.save(tmp_path / "ids.npy", np.arange(64).reshape(2, 32) % 128)
     outputs = []
     for seed in ("1", "2"):
         out = tmp_path / f"out{seed}.kirin"
         subprocess.run(
             [sys.executable, "-m", "kirin_compiler", str(tmp_path / "anonymous.onnx"), "-o", str(out),
-             "--dump-dir", str(tmp_path / f"dumps{seed}")],
+             "--dump-dir", str(tmp_path / f"dumps{seed}"), "--calib", str(tmp_path / "ids.npy"),
+             "--calib-length", "16", "--no-calib-cache"],
             check=True, capture_output=True, env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
         )
         outputs.append(out.read_bytes())

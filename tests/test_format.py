@@ -22,7 +22,7 @@ from kirin_compiler.format import FORMAT_VERSION, source_provenance, stamp_kirin
 
 def compiled_tiny_llama():
     model = load_model(TINY_LLAMA)
-    compile_model(model)
+    compile_model(model, "canonicalize")
     return model
 
 
@@ -73,7 +73,7 @@ def test_weights_in_external_data_are_read_and_embedded(tmp_path):
     onnx.save(proto, source / "model.onnx", save_as_external_data=True, location="model.data",
               size_threshold=0)
     model = load_model(source / "model.onnx")
-    compile_model(model)
+    compile_model(model, "canonicalize")
     save_model(model, tmp_path / "standalone.kirin")
     shutil.rmtree(source)  # the compiled file must not need the input's data file
     feed = {"input_ids": token_ids((1, 6))}

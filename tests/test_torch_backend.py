@@ -43,7 +43,7 @@ def test_canonical_models_run_exactly_like_their_input(exported, family):
     model = load_model(exported(family, "dynamo", 23))
     feed = {"input_ids": token_ids((1, 11))}
     (expected,) = ort_backend.run(model, feed)
-    compile_model(model)
+    compile_model(model, "canonicalize")
     assert not any(node.op_type == "Attention" for node in model.graph)
     (logits,) = run(lower(model), model, feed)
     assert np.abs(logits - expected).max() <= 1e-5
@@ -59,7 +59,7 @@ def test_a_model_lowered_once_runs_on_any_length(exported):
 
 def test_generated_code_reads_like_the_ir(exported):
     model = load_model(exported("llama", "dynamo", 18))
-    compile_model(model)
+    compile_model(model, "canonicalize")
     code = lower(model).code
     assert "linear(v" in code and "self.layers_0_q_weight_t" in code
     assert "fused_attention(" in code and "onnx_softmax(" not in code
