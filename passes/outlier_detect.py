@@ -30,6 +30,7 @@ import onnx_ir as ir
 from kirin_compiler import arithmetic, calibration, rewrite
 from kirin_compiler.calibration import ChannelStats
 from kirin_compiler.kirin_ops import ACT_QUANT, QMATMUL, is_kirin
+from kirin_compiler.errors import KirinError
 from kirin_compiler.pass_manager import Pass
 
 OUTLIER_TOP = 127
@@ -48,7 +49,7 @@ class OutlierDetectPass(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if not 0.0 <= self.fraction < 1.0:
-            raise ValueError(f"option fraction={self.fraction}: use a fraction in [0, 1)")
+            raise KirinError(f"option fraction={self.fraction}: use a fraction in [0, 1)")
         quantizers = [n for n in model.graph if is_kirin(n, ACT_QUANT) and "outliers" not in n.attributes]
         if not quantizers:
             return ir.passes.PassResult(model, False)

@@ -33,6 +33,7 @@ import onnx_ir as ir
 
 from kirin_compiler import arithmetic, rewrite, roles
 from kirin_compiler.kirin_ops import ACT_QUANT, QMATMUL
+from kirin_compiler.errors import KirinError
 from kirin_compiler.pass_manager import Pass
 
 OUTLIER_TOP = 127  # 8-bit outlier codes, [-127, 127]
@@ -57,7 +58,7 @@ class QuantizePass(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         for option, value in (("bits", self.bits), ("act_bits", self.act_bits), ("kv_bits", self.kv_bits)):
             if not 2 <= value <= 8:
-                raise ValueError(f"option {option}={value}: use 2 to 8 bits")
+                raise KirinError(f"option {option}={value}: use 2 to 8 bits")
         graph = model.graph
         quantizers: dict[tuple, tuple[ir.Value, ir.Value]] = {}
         modified = False

@@ -1,0 +1,162 @@
+"""Property tests of the Kirin arithmetic (hypothesis): spike times are the quantized values,
+spiking products are the integer products, and every mode agrees bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from kirin_compiler import arithmetic as ka
+from kirin_compiler.backends.torch_kirin import ActQuant, Probe, SpikeMatMul, TTFSEncoder, TTFSNeuron
+
+SETTINGS = settings(max_examples=60, deadline=None)
+
+# Values with exact ties (k + 1/2), zeros, saturating magnitudes and ordinary floats.
+halves = st.integers(-40, 40).map(lambda k: k + 0.5)
+values = st.one_of(halves, st.just(0.0), st.floats(-1e4, 1e4, width=32), st.sampled_from([1e6, -1e6]))
+
+
+def _tensor(draw_values: list[float]) -> torch.Tensor:
+    return torch.tensor(draw_values, dtype=torch.float32)
+
+
+@SETTINGS
+@given(st.lists(values, min_size=1, max_size=64))
+def test_round_half_away_from_zero(xs):
+    r = ka.round_half_away(_tensor(xs))
+    for x, got in zip(np.float32(xs).astype(np.float64), r.tolist()):
+        assert got == np.sign(x) * np.floor(abs(x) + 0.5)  # exact in float64 for float32 inputs
+
+
+def test_round_is_exact_just_below_one_half():
+    below = np.nextafter(np.float32(0.5), np.float32(0))
+    assert ka.round_half_away(torch.tensor([below, -below, 0.5, -0.5, 2.5])).tolist() == [0, 0, 1, -1, 3]
+
+
+@SETTINGS
+@given(st.lists(values, min_size=1, max_size=64), st.sampled_from([(4, True), (4, False), (3, True), (2, False)]))
+def test_a_neurons_spike_time_is_its_quantized_value(xs, code):
+    bits, signed = code
+    lo, hi = ka.code_range(bits, signed)
+    steps = ka.window(bits, signed)
+    r = _tensor(xs)
+    train, comparisons = ka.fire(r, steps, lo)
+    assert train.abs().sum(dim=0).max() <= 1  # one spike per neuron at most
+    assert torch.equal(ka.spike_codes(train), ka.quantize(r, torch.tensor(1.0), lo, hi))
+    silent = ka.quantize(r, torch.tensor(1.0), lo, hi) == 0
+    assert int(train.count_nonzero()) == int((~silent).sum())  # silence: no spike
+    assert comparisons <= r.numel() * (steps - 1)
+
+
+@SETTINGS
+@given(
+    st.integers(1, 4), st.integers(1, 9), st.integers(1, 7), st.sampled_from([0, 2, 4]),
+    st.sampled_from([(4, True), (4, False)]), st.integers(0, 2**31 - 1),
+)
+def test_integrating_spike_trains_gives_the_integer_product(m, blocks, n, group, code, seed):
+    bits, signed = code
+    lo, hi = ka.code_range(bits, signed)
+    k = blocks * (group or 3)
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(lo, hi + 1, (m, k), generator=g).float()
+    codes[0] = 0  # an all-zero token
+    weights = torch.randint(-7, 8, (k, n), generator=g).float()
+    train = ka.encode(codes, ka.window(bits, signed))
+    acc, trajectory, _ = ka.integrate_spikes(train, weights, group, record=True)
+    assert torch.equal(acc, ka.integer_matmul(codes, weights, group))
+    assert torch.equal(trajectory[-1], acc)
+    assert not acc[0].any()
+
+
+def test_integer_products_widen_past_float32s_exact_range():
+    codes = torch.full((1, 2048), 127.0)
+    weights = torch.full((2048, 1), 127.0)
+    exact = 127 * 127 * 2048 + 0  # 33,032,192 > 2^24
+    assert ka.integer_matmul(codes, weights, bound=127 * 127).item() == exact
+
+
+def _attributes(outliers: str, signed: bool, count: int = 2) -> dict:
+    return {"axis": -1, "bits": 4, "signed": int(signed), "scale": "token", "outliers": outliers,
+            "outlier_count": count, "window": ka.window(4, signed)}
+
+
+@SETTINGS
+@given(
+    arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 12)), elements=values),
+    st.sampled_from(["none", "token", "static"]), st.booleans(),
+)
+def test_encoders_send_exactly_the_codes_of_the_integer_reference(x, outliers, signed):
+    if not signed:
+        x = np.abs(x)
+    x = torch.from_numpy(x)
+    mask = torch.zeros(x.shape[-1], dtype=torch.bool)
+    mask[0] = True
+    inputs = (x, None, mask) if outliers == "static" else (x,)
+    attributes = _attributes(outliers, signed)
+    reference = ActQuant("q", attributes, "qann", Probe())(*inputs)
+    spiking = TTFSEncoder("q", attributes, "snn", Probe())(*inputs)
+    assert torch.equal(ka.spike_codes(spiking[0]), reference[0])
+    for expected, actual in zip(reference[1:], spiking[1:]):
+        assert torch.equal(expected, actual)  # scales and outlier codes
+    if outliers != "none":
+        codes, outlier_codes = reference[0], reference[2]
+        assert not ((codes != 0) & (outlier_codes != 0)).any()
+
+
+def test_a_token_of_outliers_only_sends_no_spikes():
+    x = torch.tensor([[[300.0, -200.0]]])
+    codes, scale, outlier_codes, outlier_scale = ActQuant("q", _attributes("token", True, 2), "qann", Probe())(x)
+    assert not codes.any() and outlier_codes.tolist() == [[[127.0, -85.0]]]
+    train = TTFSEncoder("q", _attributes("token", True, 2), "snn", Probe())(x)[0]
+    assert not train.any()
+
+
+def test_saturated_codes_fire_at_the_first_step():
+    train, _ = ka.fire(torch.tensor([100.0, -100.0, 6.5, 6.49]), 8, -7)
+    assert train[0].tolist() == [1, -1, 1, 0] and ka.spike_codes(train).tolist() == [7, -7, 7, 6]
+
+
+@SETTINGS
+@given(st.integers(1, 4), st.integers(1, 8), st.integers(1, 6), st.integers(0, 2**31 - 1), st.booleans())
+def test_fused_neurons_fire_the_next_products_codes(m, k, n, seed, with_bias):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-7, 8, (m, k), generator=g).float()
+    weights = torch.randint(-7, 8, (k, n), generator=g).float()
+    scale = torch.rand((m, 1), generator=g) + 0.1
+    weight_scale = torch.rand(n, generator=g) + 0.1
+    bias = torch.randn(n, generator=g) if with_bias else None
+    out_scale = torch.tensor(0.05 + float(torch.rand(1, generator=g)))
+    attributes = {"axis": -1, "group": 0, "bits": 4, "window": 16, "silent": 1, "outliers": "none"}
+    spike = SpikeMatMul("s", {"group": 0}, "qann", Probe())(codes, weights)
+    reference = TTFSNeuron("n", attributes, "qann", Probe())(spike, scale, weight_scale, None, None, bias, out_scale)
+    train = ka.encode(codes, 8)
+    membrane = SpikeMatMul("s", {"group": 0}, "snn", Probe())(train, weights)
+    spiking = TTFSNeuron("n", attributes, "snn", Probe())(membrane, scale, weight_scale, None, None, bias, out_scale)
+    assert torch.equal(ka.spike_codes(spiking[0]), reference[0])
+    assert reference[0].min() >= 0  # negative membranes never fire: ReLU for free
+
+
+def test_without_the_silent_phase_a_rising_membrane_fires_too_early():
+    # Four inputs with codes 7, 5, 3, 1 (spikes at steps 1, 3, 5, 7) and unit weights: the
+    # membrane rises 0, 1, 2, 4, 6, 9, 12, 16; the output step is one membrane unit.
+    train = ka.encode(torch.tensor([[7.0, 5.0, 3.0, 1.0]]), 8)
+    weights = torch.ones((4, 1))
+    _, trajectory, _ = ka.integrate_spikes(train, weights, record=True)
+    assert trajectory[:, 0, 0].tolist() == [0, 1, 2, 4, 6, 9, 12, 16]
+    silent, _ = ka.fire(trajectory[-1], 16, 0)
+    eager, _ = ka.fire(trajectory, 16, 0, silent=False)
+    assert ka.spike_codes(silent).item() == 15  # R(16) saturates at 15: fires at step 1
+    assert ka.spike_codes(eager).item() == 9  # fired at step 7 on the partial sum 12 >= 8.5
+
+
+@SETTINGS
+@given(st.integers(1, 64), st.sampled_from([0, 4]), st.integers(0, 2**31 - 1))
+def test_weight_codes_and_scales(n, group, seed):
+    w = np.random.default_rng(seed).normal(size=(8, n)).astype(np.float32)
+    w[:, 0] = 0  # a dead output channel keeps a usable scale
+    codes, scales = ka.quantize_weight(w, 4, group, clip_search=True)
+    assert codes.min() >= -7 and codes.max() <= 7 and np.all(scales > 0)
+    assert not codes[:, 0].any()
