@@ -34,7 +34,7 @@ import torch.fx
 from kirin_compiler.backends import torch_fusion, torch_kirin
 from kirin_compiler.backends.torch_kirin import MODES, Mode, Probe
 from kirin_compiler.backends.torch_ops import OPS, OnnxOp
-from kirin_compiler.backends.torch_ops._table import as_tensor, supported_dtypes
+from kirin_compiler.backends.torch_ops._table import shared_tensor, supported_dtypes
 from kirin_compiler.errors import KirinError, UnsupportedOpError
 from kirin_compiler.kirin_ops import SPIKE_MATMUL, SPIKING_SOURCES, TTFS_NEURON, is_kirin
 
@@ -43,15 +43,22 @@ from kirin_compiler.kirin_ops import SPIKE_MATMUL, SPIKING_SOURCES, TTFS_NEURON,
 _INLINE_MAX_ELEMENTS = 16
 
 
-def lower(model: ir.Model, mode: Mode = "float", probe: Probe | None = None) -> torch.fx.GraphModule:
+def lower(
+    model: ir.Model,
+    mode: Mode = "float",
+    probe: Probe | None = None,
+    outputs: Sequence[ir.Value] | None = None,
+) -> torch.fx.GraphModule:
     """Lowers ``model`` to a GraphModule whose ``forward`` takes the graph inputs as tensors, in
     order, and returns a tuple of the graph outputs.
 
     ``ai.kirin`` ops become modules of `torch_kirin` running in ``mode`` (``float``, ``qann`` or
-    ``snn``) and reporting to ``probe``; standard ops are the same in every mode."""
+    ``snn``) and reporting to ``probe``; standard ops are the same in every mode. ``outputs``
+    replaces the graph outputs (and nodes that neither reach them nor report to the probe are
+    dropped: calibration stops at the last quantizer)."""
     if mode not in MODES:
         raise KirinError(f"unknown mode '{mode}': use one of {', '.join(MODES)}")
-    return _Lowering(model, mode, probe or Probe()).run()
+    return _Lowering(model, mode, probe or Probe()).run(outputs)
 
 
 def run(
@@ -75,8 +82,9 @@ class _Lowering:
         self.root = torch.nn.Module()
         self.graph = torch.fx.Graph()
         self.env: dict[ir.Value, torch.fx.Node] = {}
+        self.transposed: dict[ir.Value, torch.fx.Node] = {}
 
-    def run(self) -> torch.fx.GraphModule:
+    def run(self, outputs: Sequence[ir.Value] | None = None) -> torch.fx.GraphModule:
         for value in self.model.graph.inputs:
             self.env[value] = self.graph.placeholder(_identifier(value.name))
         attention = torch_fusion.find_attention(self.model.graph)
@@ -86,10 +94,12 @@ class _Lowering:
                 self._lower_attention(node, attention[node])
             elif node not in fused:
                 self._lower_node(node)
-        outputs = tuple(self._operand(value, static=False) for value in self.model.graph.outputs)
-        self.graph.output(outputs)
+        results = tuple(self._operand(v, static=False) for v in outputs or self.model.graph.outputs)
+        self.graph.output(results)
         self.graph.lint()
         module = torch.fx.GraphModule(self.root, self.graph, class_name="LoweredModel")
+        if outputs is not None and module.graph.eliminate_dead_code():
+            module.recompile()
         module.eval()
         return module
 
@@ -140,8 +150,12 @@ class _Lowering:
         """``MatMul(x, W)`` with a constant ``W[K, N]`` as ``linear(x, W^T)``: the weight is kept
         as ``[N, K]``, the layout whose GEMM is fastest on CPU (and torch's own ``nn.Linear``)."""
         x, weight = node.inputs
-        transposed = np.ascontiguousarray(weight.const_value.numpy().T)
-        weight_node = self._buffer(f"{weight.name}_t", transposed, owned=True)
+        if weight in self.transposed:
+            weight_node = self.transposed[weight]
+        else:
+            # a transposed view: BLAS reads the [K, N] array as [N, K] without a copy
+            weight_node = self._buffer(f"{weight.name}_t", weight.const_value.numpy(), transpose=True)
+            self.transposed[weight] = weight_node
         output = node.outputs[0]
         self.env[output] = self.graph.create_node(
             "call_function", torch.nn.functional.linear, (self._operand(x, static=False), weight_node),
@@ -150,8 +164,7 @@ class _Lowering:
         self.env[output].meta["ir_node"] = node.name
 
     def _lower_kirin(self, node: ir.Node) -> None:
-        """An ``ai.kirin`` op as a call of its module (``self.<node name>``); integer codes held
-        as int4/int8 constants become float32 buffers (integers are exact there)."""
+        """An ``ai.kirin`` op as a call of its module (``self.<node name>``)."""
         attributes = {name: self._attribute(node, attr) for name, attr in sorted(node.attributes.items())}
         module = torch_kirin.MODULES[node.op_type](node.name, attributes, self.mode, self.probe)
         if self.mode == "snn":
@@ -172,13 +185,15 @@ class _Lowering:
             )
 
     def _kirin_operand(self, value: ir.Value | None) -> Any:
+        """Integer codes stay integers in the module (INT4 codes as the model's own bytes,
+        ``uint8``); the Kirin ops widen them to float where they compute
+        (`arithmetic.widen`)."""
         if value is None or value in self.env or value.const_value is None:
             return self._operand(value, static=False)
         array = value.const_value.numpy()
-        converted = array.dtype != np.bool_ and array.dtype.kind != "f"
-        if converted:
-            array = array.astype(np.float32)
-        return self._buffer(value.name, array, cache_for=value, owned=converted)
+        if value.const_value.dtype == ir.DataType.INT4:  # shared bytes, widened where used
+            array = array.view(np.uint8)
+        return self._buffer(value.name, array, cache_for=value)
 
     @staticmethod
     def _check_spiking(node: ir.Node, module: torch.nn.Module) -> None:
@@ -222,14 +237,15 @@ class _Lowering:
         return self._buffer(value.name, array, cache_for=value)
 
     def _buffer(
-        self, name: str, array: np.ndarray, cache_for: ir.Value | None = None, owned: bool = False
+        self, name: str, array: np.ndarray, cache_for: ir.Value | None = None, transpose: bool = False
     ) -> torch.fx.Node:
-        """A buffer of the module holding ``array``: a copy, unless the array is ``owned`` (made
-        for the buffer alone), so that no weight is held twice while lowering."""
+        """A buffer of the module holding ``array``, sharing its memory (the model's constants
+        are read, never written), so that no weight is held twice."""
         attribute = _identifier(name)
         while hasattr(self.root, attribute):
             attribute += "_"
-        self.root.register_buffer(attribute, torch.from_numpy(array) if owned else as_tensor(array))
+        tensor = shared_tensor(array)
+        self.root.register_buffer(attribute, tensor.t() if transpose else tensor)
         node = self.graph.get_attr(attribute)
         if cache_for is not None:
             self.env[cache_for] = node

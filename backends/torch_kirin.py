@@ -35,7 +35,13 @@ MODES: tuple[Mode, ...] = ("float", "qann", "snn")
 
 
 class Probe:
-    """Receives what the Kirin modules compute and do while a model runs; ignores it all."""
+    """Receives what the Kirin modules compute and do while a model runs; ignores it all.
+
+    A subclass sets ``records_integers`` and ``counts_operations`` to receive those reports:
+    the modules skip the work of making reports nobody reads."""
+
+    records_integers = False
+    counts_operations = False
 
     def observe(self, node: str, x: torch.Tensor, axis: int) -> None:
         """An activation quantizer's float input (``float`` mode only)."""
@@ -49,6 +55,8 @@ class Probe:
 
 class KirinModule(torch.nn.Module):
     """Base of the op modules: the node's name, attributes and mode, and the shared probe."""
+
+    _is_impure = True  # they report to the probe: dead-code elimination keeps them
 
     def __init__(self, name: str, attributes: dict, mode: Mode, probe: Probe) -> None:
         super().__init__()
@@ -77,7 +85,8 @@ class ActQuant(KirinModule):
                 f"node '{self.node}': its static scale is not calibrated yet; run outlier-detect"
             )
         lo, hi = ka.code_range(a["bits"], bool(a["signed"]))
-        self.probe.count(self.node, float_ops=2 * x.numel())  # the scale's maximum, the division
+        if self.mode == "snn":
+            self.probe.count(self.node, float_ops=2 * x.numel())  # the scale's maximum, the division
         mask = self._outlier_mask(x, outlier_mask)
         spikes = x if mask is None else x.masked_fill(mask, 0.0)
         if spike_scale is None:
@@ -87,7 +96,8 @@ class ActQuant(KirinModule):
             return codes, spike_scale
         values = torch.where(mask, x, 0.0)
         if outlier_scale is None:
-            outlier_scale = ka.max_scale(values, axis, 127)
+            # the slice's largest |x| is always an outlier (or the slice is all zero)
+            outlier_scale = ka.max_scale(x, axis, 127) if outliers == "token" else ka.max_scale(values, axis, 127)
         outlier_codes = ka.quantize(values, outlier_scale, 0 if lo == 0 else -127, 127)
         self.probe.integers(self.node, "outlier-codes", outlier_codes)
         return codes, spike_scale, outlier_codes, outlier_scale
@@ -117,7 +127,7 @@ class TTFSEncoder(ActQuant):
     def spike_codes(self, x, scale, lo, hi):
         if self.mode != "snn":
             return super().spike_codes(x, scale, lo, hi)
-        train, comparisons = ka.fire(x / scale, self.attributes["window"], lo)
+        train, comparisons = ka.fire(x / scale, self.attributes["window"], lo, count=self.probe.counts_operations)
         _report_spikes(self.probe, self.node, train, comparisons)
         return train
 
@@ -134,7 +144,9 @@ class QMatMul(KirinModule):
             )
         group, bound = self.attributes.get("group", 0), self.attributes.get("bound")
         spike_acc = ka.integer_matmul(codes, weights, group, bound)
-        int_acc = None if outlier_codes is None else ka.integer_matmul(outlier_codes, weights, group, bound)
+        int_acc = None
+        if outlier_codes is not None and self.mode == "qann":
+            int_acc = ka.integer_matmul(outlier_codes, weights, group, bound)
         return ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, group)
 
 
@@ -154,23 +166,29 @@ class SpikeMatMul(KirinModule):
             if self.mode == "qann":
                 self.probe.integers(self.node, "accumulator", acc)
             return acc
-        acc, trajectory, updates = ka.integrate_spikes(spikes, weights, group, bound, self.trajectory)
-        fan_out = weights.shape[-1]
-        self.probe.integers(self.node, "accumulator", acc)
-        self.probe.count(
-            self.node, accumulates=int(spikes.count_nonzero()) * fan_out,
-            membrane_updates=updates, steps=spikes.shape[0],
+        result = ka.integrate_spikes(
+            spikes, weights, group, bound, self.trajectory, self.probe.counts_operations
         )
-        return trajectory if self.trajectory else acc
+        self.probe.integers(self.node, "accumulator", result.membrane)
+        self.probe.count(
+            self.node, accumulates=result.spikes * weights.shape[-1], membrane_updates=result.updates,
+        )
+        return result.trajectory if self.trajectory else result.membrane
 
 
 class IntMatMul(KirinModule):
     """``IntMatMul(outlier_codes, weight_codes) -> U``: the integer path, multiply-accumulates."""
 
     def forward(self, codes, weights):
-        acc = ka.integer_matmul(codes, weights, self.attributes.get("group", 0), self.attributes.get("bound"))
-        if self.mode != "float":
-            self.probe.integers(self.node, "accumulator", acc)
+        group = self.attributes.get("group", 0)
+        if self.mode == "float":  # float activations carry no outliers: U = 0
+            return torch.zeros(ka.product_shape(codes.shape, weights.shape, group))
+        if weights.dim() == 2 and not group:
+            acc = ka.sparse_integer_matmul(codes, weights)
+        else:
+            acc = ka.integer_matmul(codes, weights, group, self.attributes.get("bound"))
+        self.probe.integers(self.node, "accumulator", acc)
+        if self.mode == "snn":  # the work is counted where the network runs
             self.probe.count(self.node, int_macs=int(codes.count_nonzero()) * weights.shape[-1])
         return acc
 
@@ -180,7 +198,7 @@ class Rescale(KirinModule):
 
     def forward(self, spike_acc, scale, weight_scale, int_acc=None, outlier_scale=None):
         y = ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, self.attributes.get("group", 0))
-        if self.mode != "float":
+        if self.mode == "snn":
             self.probe.count(self.node, float_ops=y.numel() * (3 if int_acc is None else 5))
         return y
 
@@ -205,8 +223,9 @@ class TTFSNeuron(KirinModule):
             one = torch.ones((), dtype=y.dtype)
             return (y, one) if mask is None else (y, one, torch.zeros_like(y), one)
         lo, hi = ka.code_range(a["bits"], False)
-        ops_per_output = (3 if int_acc is None else 5) + (bias is not None) + 1  # + the division
-        self.probe.count(self.node, float_ops=y.numel() * ops_per_output)
+        if self.mode == "snn":
+            ops_per_output = (3 if int_acc is None else 5) + (bias is not None) + 1  # + the division
+            self.probe.count(self.node, float_ops=y.numel() * ops_per_output)
         spikes = y if mask is None else y.masked_fill(mask, 0.0)
         if self.mode == "qann":
             codes = ka.quantize(spikes, out_scale, lo, hi)
@@ -216,7 +235,9 @@ class TTFSNeuron(KirinModule):
                 membrane = (values if mask is None else values.masked_fill(mask, 0.0)) / out_scale
             else:
                 membrane = spikes / out_scale
-            codes, comparisons = ka.fire(membrane, a["window"], lo, silent=not trajectory)
+            codes, comparisons = ka.fire(
+                membrane, a["window"], lo, silent=not trajectory, count=self.probe.counts_operations
+            )
             _report_spikes(self.probe, self.node, codes, comparisons)
         if self.mode == "qann":
             self.probe.integers(self.node, "codes", codes)
@@ -235,9 +256,11 @@ class TTFSNeuron(KirinModule):
 def _report_spikes(probe: Probe, node: str, train: torch.Tensor, comparisons: int) -> None:
     """What a layer of TTFS neurons did in one window; its codes, decoded from the spike
     train for comparison with the qann mode (decoding is not part of the network)."""
-    probe.integers(node, "codes", ka.spike_codes(train))
-    neurons = train[0].numel()
-    probe.count(node, spikes=int(train.count_nonzero()), comparisons=comparisons, neurons=neurons)
+    if probe.records_integers:
+        probe.integers(node, "codes", ka.spike_codes(train))
+    if probe.counts_operations:
+        neurons = train[0].numel()
+        probe.count(node, spikes=int(torch.count_nonzero(train)), comparisons=comparisons, neurons=neurons)
 
 
 MODULES: dict[str, type[KirinModule]] = {

@@ -68,3 +68,26 @@ def export_onnx(folder: pathlib.Path) -> pathlib.Path:
     exported = export_causal_lm(model, torch.ones((1, 8), dtype=torch.int64))
     save_model(exported, path)
     return path
+
+
+def prepare(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+    """The ONNX export, the protocol's 8 calibration windows and 16 evaluation windows (token
+    ids ``[windows, 512]`` as .npy), made once in ``folder`` (reused when present)."""
+    import numpy as np
+
+    model_path = export_onnx(folder)
+    calib, evaluation = folder / "calib_ids.npy", folder / "eval_ids.npy"
+    if not (calib.is_file() and evaluation.is_file()):
+        _, tokenizer = load_model_and_tokenizer()
+        np.save(calib, np.asarray(calibration_windows(tokenizer), dtype=np.int64))
+        np.save(evaluation, np.asarray(evaluation_windows(tokenizer, 16), dtype=np.int64))
+    return model_path, calib, evaluation
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory. (Not getrusage's ru_maxrss: Linux carries that over
+    from the parent through fork and exec, so a child would report the parent's peak.)"""
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")

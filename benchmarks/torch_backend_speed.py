@@ -39,7 +39,7 @@ def main() -> int:
         ids = np.asarray(evaluation_windows(tokenizer, 1), dtype=np.int64)
         print(f"exporting SmolLM2-135M (about a minute) to {folder} ...", flush=True)
         exported = export_causal_lm(model, torch.from_numpy(ids[:, :16]))
-        compile_model(exported)
+        compile_model(exported, "canonicalize")
         path = pathlib.Path(folder) / "smollm2.kirin"
         save_kirin(exported, path)
         del model, exported

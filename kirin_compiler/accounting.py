@@ -117,13 +117,14 @@ def _window(node: ir.Node, eight_bit: bool) -> int:
 class CountingProbe(Probe):
     """Adds up the operation counts the Kirin modules report, per node."""
 
+    counts_operations = True
+
     def __init__(self) -> None:
         self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     def count(self, node: str, **counts: int) -> None:
         for key, value in counts.items():
-            if key != "steps":
-                self.counts[node][key] += value
+            self.counts[node][key] += value
 
 
 def count_operations(model: ir.Model, feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, dict[str, int]]:

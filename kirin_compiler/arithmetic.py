@@ -20,6 +20,8 @@ the comparison a neuron makes (``floor(r + 1/2)`` is not exact: it rounds ``0.5 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -38,16 +40,25 @@ def code_range(bits: int, signed: bool) -> tuple[int, int]:
     return (-top if signed else 0), top
 
 
+def widen(codes: torch.Tensor, kind: torch.dtype = torch.float32) -> torch.Tensor:
+    """Integer codes as floats of ``kind``. ``uint8`` holds 4-bit weight codes as an INT4 tensor
+    stores them, one per byte in the low nibble (two's complement), shared with the model."""
+    if codes.dtype == torch.uint8:
+        codes = (codes.to(torch.int16) ^ 8) - 8
+    return codes.to(kind)
+
+
 def round_half_away(r: torch.Tensor) -> torch.Tensor:
     """``R(r) = sign(r) * floor(|r| + 1/2)``, evaluated exactly (see the module docstring)."""
     magnitude = r.abs()
     whole = magnitude.floor()
-    return torch.copysign(whole + (magnitude - whole >= 0.5).to(r.dtype), r)
+    # in place: the fraction, then its comparison (1.0 or 0.0), added to the whole part
+    return whole.add_(magnitude.sub_(whole).ge_(0.5)).copysign_(r)
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """``clamp(R(x / scale), lo, hi)``: integer codes held in ``x``'s float type."""
-    return round_half_away(x / scale).clamp(lo, hi)
+    return round_half_away(x / scale).clamp_(lo, hi)
 
 
 def guard(scale: torch.Tensor) -> torch.Tensor:
@@ -61,19 +72,35 @@ def max_scale(x: torch.Tensor, axis: int, top: int) -> torch.Tensor:
 
 
 def token_outliers(x: torch.Tensor, axis: int, count: int) -> torch.Tensor:
-    """The ``count`` largest ``|x|`` of every slice along ``axis``, as a boolean mask.
+    """The ``count`` largest ``|x|`` of every slice along ``axis``, zeros excepted, as a
+    boolean mask.
 
-    Ties are broken by the lower index, so the choice is a function of the values alone."""
+    Ties at the ``count``-th value go to the lower indices, so the choice is a function of the
+    values alone (``topk`` gives the threshold value, which is unique, not the positions)."""
     count = min(count, x.shape[axis])
-    mask = torch.zeros(x.shape, dtype=torch.bool)
     if count <= 0:
-        return mask
-    # A stable descending sort gives ties to the lower index; topk does not promise that.
-    order = torch.sort(x.abs(), dim=axis, descending=True, stable=True).indices
-    return mask.scatter(axis, order.narrow(axis, 0, count), True)
+        return torch.zeros(x.shape, dtype=torch.bool)
+    magnitude = x.abs()
+    threshold = magnitude.topk(count, dim=axis, sorted=False).values.amin(dim=axis, keepdim=True)
+    above = magnitude > threshold
+    tied = (magnitude == threshold) & (threshold > 0)  # a zero is never an outlier
+    room = count - above.sum(dim=axis, keepdim=True)
+    if bool((tied.sum(dim=axis, keepdim=True) <= room).all()):
+        return above | tied  # no tie to break (the common case)
+    return above | (tied & (tied.cumsum(dim=axis) <= room))
 
 
 # Integer products and rescaling ----------------------------------------------------------------
+
+
+def sparse_integer_matmul(codes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``codes @ weights`` for codes that are mostly zero (the outliers of each token) and a
+    two-dimensional weight, as a sparse (CSR) product: the work is the non-zero codes times the
+    fan-out. The sums are of integers, exact in any order: the same result as
+    `integer_matmul`."""
+    rows = codes.reshape(-1, codes.shape[-1])
+    product = rows.to_sparse_csr() @ widen(weights, rows.dtype)
+    return product.reshape(*codes.shape[:-1], weights.shape[-1])
 
 
 def integer_matmul(
@@ -88,8 +115,8 @@ def integer_matmul(
     """
     depth = group or codes.shape[-1]
     wide = bound is not None and bound * depth >= EXACT_FLOAT32
-    if wide:
-        codes, weights = codes.double(), weights.double()
+    kind = torch.float64 if wide else torch.float32
+    codes, weights = widen(codes, kind), widen(weights, kind)
     if group:
         blocks = codes.shape[-1] // group
         grouped = codes.unflatten(-1, (blocks, group))  # [..., M, G, g]
@@ -111,21 +138,21 @@ def rescale(
 
     The one order of evaluation of the float part: both modes call this on their integers."""
     if group:
-        spike = spike_scale * (weight_scale * spike_acc.float()).sum(dim=-2)
+        spike = spike_scale * (weight_scale * spike_acc).sum(dim=-2)
         if int_acc is None:
             return spike
-        return spike + int_scale * (weight_scale * int_acc.float()).sum(dim=-2)
-    spike = spike_scale * spike_acc.float()
+        return spike.add_(int_scale * (weight_scale * int_acc).sum(dim=-2))
+    spike = spike_scale * spike_acc
     if int_acc is not None:
-        spike = spike + int_scale * int_acc.float()
-    return weight_scale * spike
+        spike.add_(int_scale * int_acc)
+    return spike.mul_(weight_scale)
 
 
 # The spiking view ---------------------------------------------------------------------------------
 
 
 def fire(
-    membrane: torch.Tensor, steps: int, lo: int, silent: bool = True
+    membrane: torch.Tensor, steps: int, lo: int, silent: bool = True, count: bool = True
 ) -> tuple[torch.Tensor, int]:
     """A layer of TTFS neurons over one window of ``steps`` steps; returns their spike train
     ``[steps, ...]`` (values -1, 0, +1) and the number of threshold comparisons made.
@@ -135,21 +162,24 @@ def fire(
     neuron sees while its inputs still arrive. At step ``t`` a neuron that has not fired yet
     compares ``|u|`` with ``theta(t) = steps - t - 1/2`` and fires on ``|u| >= theta(t)`` with the
     polarity of ``u``; ``lo = 0`` (unsigned codes) blocks negative spikes (a ReLU for free).
-    Step ``steps`` has no threshold: a code's magnitude is at most ``steps - 1``.
+    Step ``steps`` has no threshold: a code's magnitude is at most ``steps - 1``. Comparisons
+    are counted only when ``count`` is set.
     """
-    trajectory = membrane if not silent else None
-    shape = membrane.shape[1:] if trajectory is not None else membrane.shape
-    train = torch.zeros((steps, *shape), dtype=torch.float32)
-    fired = torch.zeros(shape, dtype=torch.bool)
+    shape = membrane.shape if silent else membrane.shape[1:]
+    train = torch.zeros((steps, *shape), dtype=torch.int8)
+    waiting = torch.ones(shape, dtype=torch.bool)  # has not fired yet
     comparisons = 0
     for t in range(1, steps):
-        u = trajectory[min(t, len(trajectory)) - 1] if trajectory is not None else membrane
-        comparisons += int((~fired).sum())
-        crossing = ~fired & (u.abs() >= steps - t - 0.5)
-        if lo == 0:
-            crossing &= u > 0
-        train[t - 1] = torch.where(crossing, torch.sign(u), 0.0)
-        fired |= crossing
+        if t == 1 or not silent:  # a silent neuron's membrane no longer changes
+            u = membrane if silent else membrane[min(t, len(membrane)) - 1]
+            magnitude, polarity = u.abs(), torch.sign(u).to(torch.int8)
+            if lo == 0:  # unsigned codes: a negative membrane never fires
+                polarity.clamp_(min=0)
+        if count:
+            comparisons += int(torch.count_nonzero(waiting))
+        crossing = (magnitude >= steps - t - 0.5).logical_and_(waiting)
+        train[t - 1] = polarity * crossing
+        waiting.logical_and_(crossing.logical_not_())
     return train, comparisons
 
 
@@ -157,17 +187,26 @@ def spike_codes(train: torch.Tensor) -> torch.Tensor:
     """The codes a spike train carries: a spike of polarity ``p`` at step ``t`` of a window of
     ``T`` steps is ``p * (T - t)``; no spike is 0."""
     steps = train.shape[0]
-    weights = torch.arange(steps - 1, -1, -1, dtype=torch.float32).view(steps, *[1] * (train.dim() - 1))
-    return (train * weights).sum(dim=0)
+    codes = torch.zeros(train.shape[1:], dtype=torch.float32)
+    for t in range(1, steps):
+        codes.add_(train[t - 1], alpha=steps - t)
+    return codes
 
 
 def encode(codes: torch.Tensor, steps: int) -> torch.Tensor:
     """The spike train of integer codes: polarity ``sign(q)`` at step ``T - |q|`` (the inverse of
     `spike_codes`; used by tests, never by the snn mode, whose spikes come from `fire`)."""
-    train = torch.zeros((steps, *codes.shape), dtype=torch.float32)
+    train = torch.zeros((steps, *codes.shape), dtype=torch.int8)
     for t in range(1, steps):
-        train[t - 1] = torch.where(codes.abs() == steps - t, torch.sign(codes), 0.0)
+        train[t - 1] = torch.where(codes.abs() == steps - t, torch.sign(codes), 0).to(torch.int8)
     return train
+
+
+class Integration(NamedTuple):
+    membrane: torch.Tensor  # V[T]
+    trajectory: torch.Tensor | None  # V[1..T], when recorded
+    updates: int  # membrane updates: neurons times steps with a non-zero current
+    spikes: int  # input spikes received
 
 
 def integrate_spikes(
@@ -176,32 +215,38 @@ def integrate_spikes(
     group: int = 0,
     bound: float | None = None,
     record: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    count: bool = True,
+) -> Integration:
     """Output neurons integrating input spike trains, step by step, with additions only.
 
     For ``t = 1..T``: ``V[t] = V[t-1] + I[t-1]``, then ``I[t] = I[t-1] + sum of pol_k * W[k, n]
     over inputs k spiking at t`` (one accumulate per spike and fan-out). A spike at step ``t_k``
     is counted ``T - t_k = |q_k|`` times, so ``V[T] = sum_k q_k W[k, n]``: the spike path of the
-    integer product. Returns ``V[T]``, the trajectory ``V[1..T]`` when ``record`` is set, and the
-    number of membrane updates (neurons times steps in which the current was not zero).
+    integer product. Membrane updates are counted only when ``count`` is set.
     """
     steps = train.shape[0]
-    current = torch.zeros(_product_shape(train.shape[1:], weights.shape, group))
+    depth = group or train.shape[-1]
+    wide = bound is not None and bound * depth >= EXACT_FLOAT32
+    kind = torch.float64 if wide else torch.float32
+    weights = widen(weights, kind)  # once for the whole window
+    spikes = train.reshape(steps, -1).count_nonzero(dim=1).tolist()
+    current = torch.zeros(product_shape(train.shape[1:], weights.shape, group), dtype=kind)
     membrane = torch.zeros_like(current)
     trajectory = []
     updates = 0
     for t in range(steps):
         if t:
-            membrane = membrane + current
-            updates += int((current != 0).sum())
+            membrane = membrane + current if record else membrane.add_(current)
+            if count:
+                updates += int(torch.count_nonzero(current))
         if record:
             trajectory.append(membrane)
-        if train[t].any():  # a step without spikes costs no accumulate
-            current = current + integer_matmul(train[t], weights, group, bound)
-    return membrane, (torch.stack(trajectory) if record else None), updates
+        if spikes[t]:  # a step without spikes costs no accumulate
+            current.add_(integer_matmul(train[t], weights, group, bound))
+    return Integration(membrane, torch.stack(trajectory) if record else None, updates, sum(spikes))
 
 
-def _product_shape(codes: torch.Size, weights: torch.Size, group: int) -> tuple[int, ...]:
+def product_shape(codes: torch.Size, weights: torch.Size, group: int) -> tuple[int, ...]:
     if group:
         return (*codes[:-1], codes[-1] // group, weights[-1])
     batch = torch.broadcast_shapes(codes[:-2], weights[:-2])

@@ -25,6 +25,7 @@ import tqdm
 
 from kirin_compiler.backends.torch_kirin import Probe
 from kirin_compiler.errors import KirinError
+from kirin_compiler.kirin_ops import ACT_QUANT, is_kirin
 
 _META_KEY = "kirin.calibration"
 KEY_CALIBRATION = "kirin.calibration"  # the provenance in a .kirin file's metadata
@@ -110,7 +111,9 @@ def statistics(model: ir.Model, needed_by: str) -> dict[str, ChannelStats]:
     from kirin_compiler.backends import torch_backend  # the backend imports this package
 
     probe = _StatsProbe()
-    module = torch_backend.lower(model, "float", probe)
+    quantizers = [n for n in model.graph if is_kirin(n, ACT_QUANT)]
+    # the last quantizer's input as the output: nothing after it (the lm_head) runs
+    module = torch_backend.lower(model, "float", probe, outputs=quantizers[-1].inputs[:1])
     for feed in tqdm.tqdm(calibration.feeds, desc="calibrate", unit="run", disable=not calibration.progress):
         torch_backend.run(module, model, feed)
     stats = probe.result()
@@ -128,7 +131,7 @@ class _StatsProbe(Probe):
     def observe(self, node: str, x: torch.Tensor, axis: int) -> None:
         dims = sorted({0, x.dim() - 2})
         amax = x.abs().amax(dim=dims, keepdim=True)
-        square = x.double().square().sum(dim=dims, keepdim=True)
+        square = x.square().sum(dim=dims, keepdim=True, dtype=torch.float64)
         if node in self.amax:
             amax = torch.maximum(amax, self.amax[node])
             square = square + self.sum_square[node]

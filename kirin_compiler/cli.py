@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import json
 import pathlib
 import sys
@@ -63,6 +64,7 @@ pass fails or verify finds a mismatch.
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _return_freed_memory()
     try:
         if argv and argv[0] == "inspect":
             return _inspect(_inspect_parser().parse_args(argv[1:]))
@@ -82,6 +84,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (kirinc ... | head): not an error of ours
         sys.stderr.close()
         return 0
+
+
+def _return_freed_memory() -> None:
+    """Makes glibc's malloc serve large blocks (4 MiB and up) from their own memory maps and
+    trim freed memory past 4 MiB, so that activations freed after each forward go back to the
+    system instead of fragmenting the heap (glibc otherwise raises its threshold as blocks are
+    freed): compiling SmolLM2 peaks at 1.23 GB instead of 1.69 GB, for about 10% more time.
+    Without glibc nothing changes."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 4 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 4 << 20)
+    except (OSError, AttributeError):
+        pass
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 def _compile_parser() -> argparse.ArgumentParser:

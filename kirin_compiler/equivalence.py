@@ -46,7 +46,7 @@ class LayerCheck:
 @dataclasses.dataclass
 class Report:
     layers: dict[str, LayerCheck]
-    mismatched_nodes: dict[str, int]
+    mismatched_nodes: dict[str, int]  # in graph order
     outputs_compared: int
     output_mismatches: int
     timesteps: accounting.TimeSteps
@@ -92,8 +92,12 @@ class Report:
             f"{self.integer_mismatches} differ",
         ]
         if self.mismatched_nodes:
-            worst = sorted(self.mismatched_nodes.items(), key=lambda item: (-item[1], item[0]))[:5]
-            lines.append("mismatched nodes: " + ", ".join(f"{n} ({c:,})" for n, c in worst))
+            first = list(self.mismatched_nodes.items())[:5]  # in graph order: where it starts
+            more = len(self.mismatched_nodes) - len(first)
+            lines.append(
+                "mismatched nodes: " + ", ".join(f"{n} ({c:,})" for n, c in first)
+                + (f" and {more} more" if more else "")
+            )
         lines.append(f"{verdict} ({self.runs} run{'s' if self.runs != 1 else ''})")
         return "\n".join(lines) + "\n"
 
@@ -125,7 +129,9 @@ def check(
             mismatched += _bitwise_differences(a, b)
     return Report(
         layers=_layers(model.graph, comparer),
-        mismatched_nodes={n: c for n, c in sorted(comparer.mismatches.items()) if c},
+        mismatched_nodes={
+            n.name: comparer.mismatches[n.name] for n in model.graph if comparer.mismatches.get(n.name)
+        },
         outputs_compared=compared,
         output_mismatches=mismatched,
         timesteps=accounting.timesteps(model.graph),
@@ -141,6 +147,8 @@ def _bitwise_differences(a: np.ndarray, b: np.ndarray) -> int:
 
 
 class _Recorder(Probe):
+    records_integers = True
+
     def __init__(self) -> None:
         self.values: dict[tuple[str, str], torch.Tensor] = {}
 
@@ -154,6 +162,8 @@ class _Recorder(Probe):
 
 class _Comparer(accounting.CountingProbe):
     """Compares the snn mode's integers with the qann mode's as they are computed."""
+
+    records_integers = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -164,7 +164,9 @@ def _fold_weight_transpose(graph: ir.Graph, node: ir.Node) -> bool:
     perm = transpose.attributes.get_ints("perm", [1, 0])
     if list(perm) != [1, 0]:
         return False
-    weight = np.ascontiguousarray(source.const_value.numpy().T)
+    # A transposed view, not a copy: a tied embedding and its lm_head share memory (the file
+    # still stores both, contiguous).
+    weight = source.const_value.numpy().T
     node.replace_input_with(1, rewrite.constant(graph, weight, f"{source.name}.T"))
     return True
 

@@ -83,6 +83,9 @@ class QuantizePass(Pass):
         array = weight.const_value.numpy()
         group = self.group if self.group and array.shape[0] % self.group == 0 else 0
         codes, scales = arithmetic.quantize_weight(array, self.bits, group, self.clip_search)
+        del array
+        if isinstance(weight.const_value, ir.ExternalTensor) and len(weight.uses()) == 1:
+            weight.const_value.release()  # unmap the float weight: memory grows by one weight
         stem = weight.name.removesuffix(".weight")
         w_codes = rewrite.constant(graph, codes.astype(_int_type(self.bits)), f"{stem}.wq")
         w_scale = rewrite.constant(graph, scales.astype(np.float32), f"{stem}.ws")

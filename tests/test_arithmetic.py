@@ -65,7 +65,7 @@ def test_integrating_spike_trains_gives_the_integer_product(m, blocks, n, group,
     codes[0] = 0  # an all-zero token
     weights = torch.randint(-7, 8, (k, n), generator=g).float()
     train = ka.encode(codes, ka.window(bits, signed))
-    acc, trajectory, _ = ka.integrate_spikes(train, weights, group, record=True)
+    acc, trajectory, _, _ = ka.integrate_spikes(train, weights, group, record=True)
     assert torch.equal(acc, ka.integer_matmul(codes, weights, group))
     assert torch.equal(trajectory[-1], acc)
     assert not acc[0].any()
@@ -144,7 +144,7 @@ def test_without_the_silent_phase_a_rising_membrane_fires_too_early():
     # membrane rises 0, 1, 2, 4, 6, 9, 12, 16; the output step is one membrane unit.
     train = ka.encode(torch.tensor([[7.0, 5.0, 3.0, 1.0]]), 8)
     weights = torch.ones((4, 1))
-    _, trajectory, _ = ka.integrate_spikes(train, weights, record=True)
+    trajectory = ka.integrate_spikes(train, weights, record=True).trajectory
     assert trajectory[:, 0, 0].tolist() == [0, 1, 2, 4, 6, 9, 12, 16]
     silent, _ = ka.fire(trajectory[-1], 16, 0)
     eager, _ = ka.fire(trajectory, 16, 0, silent=False)
@@ -160,3 +160,24 @@ def test_weight_codes_and_scales(n, group, seed):
     codes, scales = ka.quantize_weight(w, 4, group, clip_search=True)
     assert codes.min() >= -7 and codes.max() <= 7 and np.all(scales > 0)
     assert not codes[:, 0].any()
+
+
+@SETTINGS
+@given(arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 16)),
+              elements=st.sampled_from([0.0, 1.0, -1.0, 2.5, -2.5, 7.0])), st.integers(0, 16))
+def test_token_outliers_are_the_largest_non_zero_values_with_ties_to_the_lower_index(x, count):
+    mask = ka.token_outliers(torch.from_numpy(x), -1, count)
+    for row, chosen in zip(np.abs(x), mask.numpy()):
+        expected = np.argsort(-row, kind="stable")[: min(count, len(row))]
+        expected = [i for i in expected if row[i] > 0]
+        assert sorted(np.flatnonzero(chosen)) == sorted(expected)
+
+
+@SETTINGS
+@given(st.integers(1, 6), st.integers(1, 20), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_sparse_outlier_products_equal_the_dense_ones(m, k, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-127, 128, (2, m, k), generator=g).float()
+    codes[torch.rand(codes.shape, generator=g) < 0.8] = 0
+    weights = torch.randint(-7, 8, (k, n), generator=g).float()
+    assert torch.equal(ka.sparse_integer_matmul(codes, weights), ka.integer_matmul(codes, weights))

@@ -43,7 +43,7 @@ def test_verify_finds_no_mismatch_on_tiny_decoders(capsys, tmp_path, exported, f
         assert row[7] == "0"  # mismatches
         assert int(row[2].replace(",", "")) > 0  # spikes
         assert row[8] == ("56" if family == "llama" else "64")  # OPT's fused neurons: 16 steps
-    assert "outputs: 2,048 values compared bit for bit, 0 differ" in text
+    assert "outputs: 3,328 values compared bit for bit, 0 differ" in text  # 2 x 13 x 128
     assert "OK: the snn mode equals the qann mode (2 runs)" in text
     assert "(93.75% fewer)" in text
 

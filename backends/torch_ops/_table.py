@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dataclasses
 import inspect
 from typing import Callable, Sequence
@@ -110,3 +112,13 @@ def supported_dtypes() -> frozenset[int]:
 def as_tensor(array: np.ndarray) -> torch.Tensor:
     """A numpy array (a constant or an attribute) as a torch tensor, copied."""
     return torch.from_numpy(np.array(array, copy=True))
+
+
+def shared_tensor(array: np.ndarray) -> torch.Tensor:
+    """A torch tensor sharing the memory of ``array`` (a model constant, possibly a read-only
+    memory map of external data). Only for tensors nothing writes to."""
+    if array.dtype.kind not in "biuf" or not array.flags.c_contiguous and not array.flags.f_contiguous:
+        return as_tensor(array)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "not writable": we never write to it
+        return torch.from_numpy(array)

@@ -19,6 +19,8 @@ KIRIN = "canonicalize,quantize,outlier-detect,spike-matrix-hybridize,threshold-i
 
 
 class _Codes(Probe):
+    records_integers = True
+
     def __init__(self):
         self.codes = {}
 
