@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	mkdir -p build
-	$(VENV)/bin/kirinc models/tiny_llama.onnx -o build/tiny_llama.kirin --dump-dir build/dumps --time-passes
+	$(VENV)/bin/kirinc models/tiny_llama.onnx -o build/tiny_llama.kirin --calib models/tiny_llama_ids.npy \
+		--calib-cache build/calibration --dump-dir build/dumps --time-passes
 	$(VENV)/bin/kirinc inspect build/tiny_llama.kirin
-	$(VENV)/bin/kirinc run build/tiny_llama.kirin --input models/tiny_llama_ids.npy
+	$(VENV)/bin/kirinc verify build/tiny_llama.kirin
+	$(VENV)/bin/kirinc run build/tiny_llama.kirin --input models/tiny_llama_ids.npy --mode snn
 
 test: $(STAMP)
 	$(PY) -m pytest -q

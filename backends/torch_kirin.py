@@ -85,8 +85,8 @@ class ActQuant(KirinModule):
                 f"node '{self.node}': its static scale is not calibrated yet; run outlier-detect"
             )
         lo, hi = ka.code_range(a["bits"], bool(a["signed"]))
-        if self.mode == "snn":
-            self.probe.count(self.node, float_ops=2 * x.numel())  # the scale's maximum, the division
+        if self.mode == "snn":  # the division, and the scale's maximum unless it is static
+            self.probe.count(self.node, float_ops=(1 if spike_scale is not None else 2) * x.numel())
         mask = self._outlier_mask(x, outlier_mask)
         spikes = x if mask is None else x.masked_fill(mask, 0.0)
         if spike_scale is None:
@@ -183,10 +183,11 @@ class IntMatMul(KirinModule):
         group = self.attributes.get("group", 0)
         if self.mode == "float":  # float activations carry no outliers: U = 0
             return torch.zeros(ka.product_shape(codes.shape, weights.shape, group))
+        bound = self.attributes.get("bound")
         if weights.dim() == 2 and not group:
-            acc = ka.sparse_integer_matmul(codes, weights)
+            acc = ka.sparse_integer_matmul(codes, weights, bound)
         else:
-            acc = ka.integer_matmul(codes, weights, group, self.attributes.get("bound"))
+            acc = ka.integer_matmul(codes, weights, group, bound)
         self.probe.integers(self.node, "accumulator", acc)
         if self.mode == "snn":  # the work is counted where the network runs
             self.probe.count(self.node, int_macs=int(codes.count_nonzero()) * weights.shape[-1])
@@ -199,7 +200,7 @@ class Rescale(KirinModule):
     def forward(self, spike_acc, scale, weight_scale, int_acc=None, outlier_scale=None):
         y = ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, self.attributes.get("group", 0))
         if self.mode == "snn":
-            self.probe.count(self.node, float_ops=y.numel() * (3 if int_acc is None else 5))
+            self.probe.count(self.node, float_ops=y.numel() * (2 if int_acc is None else 4))
         return y
 
 
@@ -224,7 +225,7 @@ class TTFSNeuron(KirinModule):
             return (y, one) if mask is None else (y, one, torch.zeros_like(y), one)
         lo, hi = ka.code_range(a["bits"], False)
         if self.mode == "snn":
-            ops_per_output = (3 if int_acc is None else 5) + (bias is not None) + 1  # + the division
+            ops_per_output = (2 if int_acc is None else 4) + (bias is not None) + 1  # + the division
             self.probe.count(self.node, float_ops=y.numel() * ops_per_output)
         spikes = y if mask is None else y.masked_fill(mask, 0.0)
         if self.mode == "qann":

@@ -1,10 +1,11 @@
 """The Kirin arithmetic as torch functions: the one implementation both execution modes call.
 
 Everything here follows ``docs/arithmetic.md``. Codes and integer accumulators are held in
-float32 tensors; every sum of integers is exact while it stays below 2^24, and `integer_matmul`
-switches to float64 when a product's bound could pass it. The float parts have one fixed order of
-evaluation (`rescale`, `normalized_membrane`) that the integer reference (``qann``) and the
-time-stepped network (``snn``) share, so the two modes agree bit for bit once their integers do.
+float32 tensors; every sum of integers is exact while it stays below 2^24, and the products
+switch to float64 when a product's bound could pass it. The float parts have one fixed order of
+evaluation (`rescale`, then the division by the output step that gives a neuron's normalized
+membrane) that the integer reference (``qann``) and the time-stepped network (``snn``) share,
+so the two modes agree bit for bit once their integers do.
 
 Two views of the same codes:
 
@@ -43,8 +44,8 @@ def code_range(bits: int, signed: bool) -> tuple[int, int]:
 def widen(codes: torch.Tensor, kind: torch.dtype = torch.float32) -> torch.Tensor:
     """Integer codes as floats of ``kind``. ``uint8`` holds 4-bit weight codes as an INT4 tensor
     stores them, one per byte in the low nibble (two's complement), shared with the model."""
-    if codes.dtype == torch.uint8:
-        codes = (codes.to(torch.int16) ^ 8) - 8
+    if codes.dtype == torch.uint8:  # shifting the nibble up and back extends its sign
+        codes = codes.view(torch.int8).bitwise_left_shift(4).bitwise_right_shift(4)
     return codes.to(kind)
 
 
@@ -93,12 +94,16 @@ def token_outliers(x: torch.Tensor, axis: int, count: int) -> torch.Tensor:
 # Integer products and rescaling ----------------------------------------------------------------
 
 
-def sparse_integer_matmul(codes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def sparse_integer_matmul(
+    codes: torch.Tensor, weights: torch.Tensor, bound: float | None = None
+) -> torch.Tensor:
     """``codes @ weights`` for codes that are mostly zero (the outliers of each token) and a
     two-dimensional weight, as a sparse (CSR) product: the work is the non-zero codes times the
     fan-out. The sums are of integers, exact in any order: the same result as
     `integer_matmul`."""
     rows = codes.reshape(-1, codes.shape[-1])
+    if bound is not None and bound * rows.shape[-1] >= EXACT_FLOAT32:
+        rows = rows.double()
     product = rows.to_sparse_csr() @ widen(weights, rows.dtype)
     return product.reshape(*codes.shape[:-1], weights.shape[-1])
 
@@ -136,16 +141,19 @@ def rescale(
 ) -> torch.Tensor:
     """``Y = s_w * (s_N * V + s_O * U)``, or with groups ``s_N * sum_g s_w[g] V[g] + s_O * ...``.
 
-    The one order of evaluation of the float part: both modes call this on their integers."""
+    The one order of evaluation of the float part: both modes call this on their integers.
+    Accumulators widened to float64 (`integer_matmul`) are rescaled in float64, and the result
+    rounded to float32 once."""
     if group:
         spike = spike_scale * (weight_scale * spike_acc).sum(dim=-2)
-        if int_acc is None:
-            return spike
-        return spike.add_(int_scale * (weight_scale * int_acc).sum(dim=-2))
-    spike = spike_scale * spike_acc
-    if int_acc is not None:
-        spike.add_(int_scale * int_acc)
-    return spike.mul_(weight_scale)
+        if int_acc is not None:
+            spike = spike.add_(int_scale * (weight_scale * int_acc).sum(dim=-2))
+    else:
+        spike = spike_scale * spike_acc
+        if int_acc is not None:
+            spike = spike.add_(int_scale * int_acc)
+        spike = spike.mul_(weight_scale)
+    return spike.float()
 
 
 # The spiking view ---------------------------------------------------------------------------------

@@ -69,14 +69,14 @@ class Report:
             rows.append([
                 name, str(layer.products), f"{layer.spikes:,}", f"{layer.silence:.1%}",
                 f"{layer.accumulates:,}", f"{layer.int_macs:,}", f"{layer.compared:,}",
-                str(layer.mismatches), str(steps.get(name, "-")), str(base.get(name, "-")),
+                f"{layer.mismatches:,}", str(steps.get(name, "-")), str(base.get(name, "-")),
             ])
             for field in dataclasses.fields(LayerCheck):
                 setattr(total, field.name, getattr(total, field.name) + getattr(layer, field.name))
         rows.append([
             "total", str(total.products), f"{total.spikes:,}", f"{total.silence:.1%}",
             f"{total.accumulates:,}", f"{total.int_macs:,}", f"{total.compared:,}",
-            str(total.mismatches), str(self.timesteps.total), str(self.timesteps.baseline_total),
+            f"{total.mismatches:,}", str(self.timesteps.total), str(self.timesteps.baseline_total),
         ])
         return format_table(rows)
 
@@ -87,9 +87,9 @@ class Report:
             f"time steps: {t.total} in total, {t.baseline_total} with 8-bit single spikes "
             f"({t.reduction:.2%} fewer)",
             f"outputs: {self.outputs_compared:,} values compared bit for bit, "
-            f"{self.output_mismatches} differ",
+            f"{self.output_mismatches:,} differ",
             f"integers: {sum(l.compared for l in self.layers.values()):,} compared, "
-            f"{self.integer_mismatches} differ",
+            f"{self.integer_mismatches:,} differ",
         ]
         if self.mismatched_nodes:
             first = list(self.mismatched_nodes.items())[:5]  # in graph order: where it starts

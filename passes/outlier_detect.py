@@ -8,7 +8,9 @@ quantized weights; statistics cached on disk) and rewrites every ``ActQuant``:
    - ``mode=token``: chosen per token at run time, the token's ``k`` largest ``|x|``
      (``outliers="token"``, ``outlier_count=k``);
    - ``mode=static``: the ``k`` channels of largest calibration mean ``x^2``, the same for every
-     token (``outliers="static"``, a boolean mask input).
+     token (``outliers="static"``, a boolean mask input); ``P``, whose channels are key
+     positions, keeps per-token outliers.
+   ``k`` is fixed here: for ``P`` it is a fraction of the calibration windows' length.
    Outlier codes are 8-bit with a per-token scale; the quantizer gains two outputs (codes and
    scale), which its products take as two more inputs.
 2. A quantizer with a static scale gets it from calibration: ``s = max|x| / top``. For a
@@ -27,7 +29,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from kirin_compiler import arithmetic, calibration, rewrite
+from kirin_compiler import arithmetic, calibration, rewrite, roles
 from kirin_compiler.calibration import ChannelStats
 from kirin_compiler.kirin_ops import ACT_QUANT, QMATMUL, is_kirin
 from kirin_compiler.errors import KirinError
@@ -69,7 +71,8 @@ class OutlierDetectPass(Pass):
         if static:
             self._static_scales(graph, node, stats, count if axis == -1 else 0)
         elif axis == -1 and count:
-            if self.mode == "token":
+            # P's channels are key positions: static choices would not fit another length
+            if self.mode == "token" or _reads_probabilities(node):
                 node.attributes["outliers"] = ir.AttrString("outliers", "token")
                 node.attributes["outlier_count"] = ir.AttrInt64("outlier_count", count)
                 _add_outlier_outputs(graph, node)
@@ -99,6 +102,11 @@ class OutlierDetectPass(Pass):
             3: rewrite.constant(graph, _guarded(amax[mask].max() / OUTLIER_TOP), f"{node.name}.oscale"),
         })
         _add_outlier_outputs(graph, node)
+
+
+def _reads_probabilities(quantizer: ir.Node) -> bool:
+    """Whether the quantizer's codes are the probabilities ``P`` of an ``attn-pv`` product."""
+    return any(roles.role(use.node) == roles.ATTENTION_PV for use in quantizer.outputs[0].uses())
 
 
 def _top_channels(stats: ChannelStats, count: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from kirin_compiler.cli import main
 CLI_DOC = (REPO / "docs" / "cli.md").read_text()
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["inspect", "--help"], ["run", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["inspect", "--help"], ["run", "--help"], ["verify", "--help"]])
 def test_cli_doc_shows_the_current_help(argv, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     with pytest.raises(SystemExit):
