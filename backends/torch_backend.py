@@ -33,7 +33,7 @@ import torch.fx
 
 from kirin_compiler.backends import torch_fusion, torch_kirin
 from kirin_compiler.backends.torch_kirin import MODES, Mode, Probe
-from kirin_compiler.backends.torch_ops import OPS, OnnxOp
+from kirin_compiler.backends.torch_ops import OPS
 from kirin_compiler.backends.torch_ops._table import shared_tensor, supported_dtypes
 from kirin_compiler.errors import KirinError, UnsupportedOpError
 from kirin_compiler.kirin_ops import SPIKE_MATMUL, SPIKING_SOURCES, TTFS_NEURON, is_kirin

@@ -87,33 +87,37 @@ class ActQuant(KirinModule):
         lo, hi = ka.code_range(a["bits"], bool(a["signed"]))
         if self.mode == "snn":  # the division, and the scale's maximum unless it is static
             self.probe.count(self.node, float_ops=(1 if spike_scale is not None else 2) * x.numel())
-        mask = self._outlier_mask(x, outlier_mask)
-        spikes = x if mask is None else x.masked_fill(mask, 0.0)
-        if spike_scale is None:
-            spike_scale = ka.max_scale(spikes, axis, hi)
-        codes = self.spike_codes(spikes, spike_scale, lo, hi)
+        magnitude = x.abs()
+        mask = self._outlier_mask(magnitude, outlier_mask)
         if mask is None:
-            return codes, spike_scale
-        values = torch.where(mask, x, 0.0)
-        if outlier_scale is None:
-            # the slice's largest |x| is always an outlier (or the slice is all zero)
-            outlier_scale = ka.max_scale(x, axis, 127) if outliers == "token" else ka.max_scale(values, axis, 127)
-        outlier_codes = ka.quantize(values, outlier_scale, 0 if lo == 0 else -127, 127)
+            if spike_scale is None:
+                spike_scale = ka.guard(magnitude.amax(dim=axis, keepdim=True) / hi)
+            return self.spike_codes(x / spike_scale, lo, hi), spike_scale
+        if spike_scale is None:
+            spike_scale = ka.guard(magnitude.masked_fill(mask, 0.0).amax(dim=axis, keepdim=True) / hi)
+        if outlier_scale is None:  # a token's largest |x| is always one of its outliers
+            largest = magnitude if outliers == "token" else magnitude.masked_fill(~mask, 0.0)
+            outlier_scale = ka.guard(largest.amax(dim=axis, keepdim=True) / 127)
+        # one division: each value by the scale of its path
+        ratio = x / torch.where(mask, outlier_scale, spike_scale)
+        codes = self.spike_codes(ratio.masked_fill(mask, 0.0), lo, hi)
+        outlier_codes = ka.round_half_away(ratio.masked_fill_(~mask, 0.0)).clamp_(0 if lo == 0 else -127, 127)
         self.probe.integers(self.node, "outlier-codes", outlier_codes)
         return codes, spike_scale, outlier_codes, outlier_scale
 
-    def spike_codes(self, x, scale, lo, hi):
-        codes = ka.quantize(x, scale, lo, hi)
+    def spike_codes(self, ratio, lo, hi):
+        """The spike matrix's codes from ``x / s`` (zero at the outliers)."""
+        codes = ka.round_half_away(ratio).clamp_(lo, hi)
         self.probe.integers(self.node, "codes", codes)
         return codes
 
-    def _outlier_mask(self, x, static_mask):
+    def _outlier_mask(self, magnitude, static_mask):
         a = self.attributes
         outliers = a.get("outliers", "none")
         if outliers == "token":
-            return ka.token_outliers(x, a["axis"], a["outlier_count"])
+            return ka.token_outliers(magnitude, a["axis"], a["outlier_count"])
         if outliers == "static":
-            return static_mask.expand(x.shape)
+            return static_mask.expand(magnitude.shape)
         return None
 
 
@@ -124,10 +128,11 @@ class TTFSEncoder(ActQuant):
     its window opens) and `arithmetic.fire` runs the threshold schedule over ``window`` steps:
     output 0 is the spike train, from which `spike_codes` recovers exactly the qann codes."""
 
-    def spike_codes(self, x, scale, lo, hi):
+    def spike_codes(self, ratio, lo, hi):
         if self.mode != "snn":
-            return super().spike_codes(x, scale, lo, hi)
-        train, comparisons = ka.fire(x / scale, self.attributes["window"], lo, count=self.probe.counts_operations)
+            return super().spike_codes(ratio, lo, hi)
+        steps, count = self.attributes["window"], self.probe.counts_operations
+        train, comparisons = ka.fire(ratio, steps, lo, count=count)
         _report_spikes(self.probe, self.node, train, comparisons)
         return train
 
@@ -198,7 +203,8 @@ class Rescale(KirinModule):
     """``Rescale(V, scale, weight_scale, [U, outlier_scale]) -> Y``: the float part."""
 
     def forward(self, spike_acc, scale, weight_scale, int_acc=None, outlier_scale=None):
-        y = ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, self.attributes.get("group", 0))
+        group = self.attributes.get("group", 0)
+        y = ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, group)
         if self.mode == "snn":
             self.probe.count(self.node, float_ops=y.numel() * (2 if int_acc is None else 4))
         return y

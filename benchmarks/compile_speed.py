@@ -30,7 +30,7 @@ THREADS = 2
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=pathlib.Path, help="keep the export here (default: a temporary folder)")
+    parser.add_argument("--workdir", type=pathlib.Path, help="keep the export here (default: a temporary)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kirin-bench-") as temporary:
         folder = args.workdir or pathlib.Path(temporary)

@@ -36,7 +36,7 @@ def main() -> int:
     windows = evaluation_windows(tokenizer, args.windows)
     with tempfile.TemporaryDirectory(prefix="kirin-agreement-") as folder:
         exported = export_causal_lm(model, torch.tensor([windows[0][:16]]))
-        compile_model(exported)
+        compile_model(exported, "canonicalize")
         save_kirin(exported, pathlib.Path(folder) / "smollm2.kirin")
         compiled = load_model(pathlib.Path(folder) / "smollm2.kirin")
         session = ort_backend.session(compiled, threads=2)

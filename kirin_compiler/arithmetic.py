@@ -21,6 +21,7 @@ the comparison a neuron makes (``floor(r + 1/2)`` is not exact: it rounds ``0.5 
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -67,21 +68,15 @@ def guard(scale: torch.Tensor) -> torch.Tensor:
     return torch.where(scale == 0, torch.ones_like(scale), scale)
 
 
-def max_scale(x: torch.Tensor, axis: int, top: int) -> torch.Tensor:
-    """``max |x| / top`` along ``axis`` (kept as a size-1 dimension), guarded against zero."""
-    return guard(x.abs().amax(dim=axis, keepdim=True) / top)
-
-
-def token_outliers(x: torch.Tensor, axis: int, count: int) -> torch.Tensor:
-    """The ``count`` largest ``|x|`` of every slice along ``axis``, zeros excepted, as a
-    boolean mask.
+def token_outliers(magnitude: torch.Tensor, axis: int, count: int) -> torch.Tensor:
+    """The ``count`` largest of the magnitudes ``|x|`` in every slice along ``axis``, zeros
+    excepted, as a boolean mask.
 
     Ties at the ``count``-th value go to the lower indices, so the choice is a function of the
     values alone (``topk`` gives the threshold value, which is unique, not the positions)."""
-    count = min(count, x.shape[axis])
+    count = min(count, magnitude.shape[axis])
     if count <= 0:
-        return torch.zeros(x.shape, dtype=torch.bool)
-    magnitude = x.abs()
+        return torch.zeros(magnitude.shape, dtype=torch.bool)
     threshold = magnitude.topk(count, dim=axis, sorted=False).values.amin(dim=axis, keepdim=True)
     above = magnitude > threshold
     tied = (magnitude == threshold) & (threshold > 0)  # a zero is never an outlier
@@ -104,7 +99,9 @@ def sparse_integer_matmul(
     rows = codes.reshape(-1, codes.shape[-1])
     if bound is not None and bound * rows.shape[-1] >= EXACT_FLOAT32:
         rows = rows.double()
-    product = rows.to_sparse_csr() @ widen(weights, rows.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        product = rows.to_sparse_csr() @ widen(weights, rows.dtype)
     return product.reshape(*codes.shape[:-1], weights.shape[-1])
 
 

@@ -91,21 +91,22 @@ def attach(model: ir.Model, calibration: Calibration) -> None:
     model.meta[_META_KEY] = calibration
 
 
-def attached(model: ir.Model, needed_by: str) -> Calibration:
+def attached(model: ir.Model) -> Calibration:
     calibration = model.meta.get(_META_KEY)
-    if calibration is None:
+    if calibration is None:  # the pass manager prefixes the pass's name
         raise KirinError(
-            f"{needed_by} needs calibration inputs: give --calib IDS.npy (token ids) or --calib "
+            "needs calibration inputs: give --calib IDS.npy (token ids) or --calib "
             "TEXT --tokenizer DIR"
         )
     return calibration
 
 
-def statistics(model: ir.Model, needed_by: str) -> dict[str, ChannelStats]:
+def statistics(model: ir.Model) -> dict[str, ChannelStats]:
     """The statistics of every ``ActQuant`` input, from the cache or from calibration runs."""
-    calibration = attached(model, needed_by)
+    calibration = attached(model)
     key = _cache_key(model, calibration)
-    path = calibration.cache_dir / f"{key}.npz" if calibration.cache_dir else None
+    cache = Path(calibration.cache_dir).expanduser() if calibration.cache_dir else None
+    path = cache / f"{key}.npz" if cache else None
     if path is not None and path.is_file():
         return _load(path)
     from kirin_compiler.backends import torch_backend  # the backend imports this package

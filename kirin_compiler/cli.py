@@ -40,6 +40,18 @@ from kirin_compiler.printer import format_value_type
 from kirin_compiler.registry import PassRegistry, type_name
 
 
+def _wrapped(pipeline: str) -> str:
+    """A pipeline on lines of at most 80 columns, broken after its commas."""
+    lines, line = [], ""
+    for part in pipeline.split(","):
+        if line and len(line) + len(part) + 1 > 76:
+            lines.append(line + ",")
+            line = part
+        else:
+            line = f"{line},{part}" if line else part
+    return "\n  ".join([*lines, line])
+
+
 _EPILOG = f"""\
 commands:
   kirinc [compile] MODEL -o OUT.kirin   compile an ONNX (or .kirin) model (the default command)
@@ -56,9 +68,10 @@ examples:
   kirinc run model.kirin --input prompt.txt --tokenizer tok/ --mode snn
   kirinc verify model.kirin
 
-The default pipeline is "{DEFAULT_PIPELINE}"; its outlier-detect and energy-annotate passes run
-the model on the --calib inputs. Exit status: 0 on success, 2 on bad input or options, 1 when a
-pass fails or verify finds a mismatch.
+The default pipeline:
+  {_wrapped(DEFAULT_PIPELINE)}
+Its outlier-detect and energy-annotate passes run the model on the --calib inputs. Exit status:
+0 on success, 2 on bad input or options, 1 when a pass fails or verify finds a mismatch.
 """
 
 
@@ -170,6 +183,13 @@ def _compile(args: argparse.Namespace) -> int:
         check_writable(args.output)
         if pathlib.Path(args.output).resolve() == pathlib.Path(args.input).resolve():
             raise KirinError(f"output '{args.output}' is the input file; choose another name")
+    calibrating = [p.name for p in passes if p.needs_calibration]
+    if calibrating and args.calib is None:
+        raise KirinError(
+            f"the pipeline's {', '.join(calibrating)} run the model on calibration inputs: give "
+            "--calib IDS.npy (token ids) or --calib TEXT --tokenizer DIR, or a pipeline without "
+            "them (-p canonicalize)"
+        )
     instruments = _instruments(args)
     model = load_model(args.input)
     if args.output is not None:  # checked again when saving; here, before any work
@@ -177,7 +197,8 @@ def _compile(args: argparse.Namespace) -> int:
     if args.calib is not None:
         cache = None if args.no_calib_cache else pathlib.Path(args.calib_cache).expanduser()
         feeds, source = _calibration_feeds(args, model)
-        calibration.attach(model, calibration.Calibration(feeds, source, cache))
+        progress = sys.stderr.isatty()
+        calibration.attach(model, calibration.Calibration(feeds, source, cache, progress))
     compile_model(model, passes, instruments=instruments, stop_after=args.stop_after)
     if args.output is None:
         print("kirinc: no -o given: nothing written", file=sys.stderr)
@@ -448,9 +469,9 @@ def _save_outputs(path: pathlib.Path, model: ir.Model, outputs: list) -> None:
 def _verify_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kirinc verify",
-        description="Run a compiled model in the qann mode (integer reference) and the snn mode "
-        "(time-stepped spikes), compare every integer accumulator, code and output bit for bit, "
-        "and print a per-layer table. Exits with status 1 on any mismatch.",
+        description="Run a compiled model in the qann mode (integer reference) and the snn mode\n"
+        "(time-stepped spikes), compare every integer accumulator, code and output bit for\n"
+        "bit, and print a per-layer table. Exits with status 1 on any mismatch.",
         epilog="examples:\n  kirinc verify model.kirin                  (its calibration inputs)\n"
         "  kirinc verify model.kirin --input ids.npy\n"
         "  kirinc verify model.kirin --input wiki.txt --tokenizer tok/ --windows 2",
@@ -463,10 +484,11 @@ def _verify_parser() -> argparse.ArgumentParser:
         "model was compiled with, if their file is still there and unchanged",
     )
     parser.add_argument("--tokenizer", metavar="DIR", help="folder with a tokenizer.json, for text")
-    parser.add_argument("--length", type=int, default=512, metavar="N",
-                        help="tokens per window (default: %(default)s)")
-    parser.add_argument("--windows", type=int, default=1, metavar="N",
-                        help="number of windows to run, the first ones (default: %(default)s)")
+    parser.add_argument("--length", type=int, metavar="N",
+                        help="tokens per window (default: 512, or the calibration's)")
+    parser.add_argument("--windows", type=int, metavar="N",
+                        help="number of windows to run, the first ones (default: 1, or the "
+                        "calibration's)")
     return parser
 
 
@@ -474,9 +496,18 @@ def _verify(args: argparse.Namespace) -> int:
     from kirin_compiler import equivalence
 
     model = load_model(args.model)
-    recorded = args.input is None
-    if recorded:
-        args.input, args.tokenizer, args.length, args.windows, digest = _recorded_calibration(model, args.model)
+    equivalence.require_spiking(model)
+    if len(model.graph.inputs) != 1:
+        raise KirinError(f"'{args.model}' takes {len(model.graph.inputs)} inputs; verify feeds one "
+                         "input of token ids")
+    digest = None
+    if args.input is None:  # the calibration inputs, as compiled, unless the user says otherwise
+        recorded = _recorded_calibration(model, args.model)
+        args.input, args.tokenizer = recorded["file"], args.tokenizer or recorded.get("tokenizer")
+        if args.length is None and args.windows is None:
+            args.length, args.windows, digest = recorded["length"], recorded["windows"], recorded["sha256"]
+    args.length = 512 if args.length is None else args.length
+    args.windows = 1 if args.windows is None else args.windows
     for option in ("length", "windows"):
         if getattr(args, option) < 1:
             raise KirinError(f"--{option} {getattr(args, option)}: use at least 1")
@@ -484,7 +515,7 @@ def _verify(args: argparse.Namespace) -> int:
     ids = _token_ids(pathlib.Path(args.input), tokenizer)
     name = model.graph.inputs[0].name
     feeds = [{name: w} for w in calibration.windows(ids, args.length, args.windows)]
-    if recorded and calibration.Calibration(feeds, "").digest() != digest:
+    if digest is not None and calibration.Calibration(feeds, "").digest() != digest:
         raise KirinError(
             f"the calibration file '{args.input}' changed since '{args.model}' was compiled: "
             "give --input FILE"
@@ -496,17 +527,24 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _recorded_calibration(model: ir.Model, path: str) -> tuple:
-    """The calibration inputs ``path`` records: file, tokenizer, length, windows, digest."""
+def _recorded_calibration(model: ir.Model, path: str) -> dict:
+    """The calibration inputs the model at ``path`` records (as ``kirinc --calib`` writes them):
+    ``file``, ``tokenizer``, ``length``, ``windows`` and ``sha256``. A relative file name is
+    looked up in the current folder, then beside the model."""
     recorded = model.metadata_props.get(calibration.KEY_CALIBRATION)
-    if recorded is None:
-        raise KirinError(f"'{path}' records no calibration inputs: give --input FILE")
-    provenance = json.loads(recorded)
-    source = json.loads(provenance["source"])
-    if not pathlib.Path(source["file"]).is_file():
+    try:
+        provenance = json.loads(recorded or "")
+        source = json.loads(provenance["source"])
+        source = {**source, "sha256": provenance["sha256"]}
+        source["file"], source["length"], source["windows"]  # noqa: B018 (present, or KeyError)
+    except (ValueError, KeyError, TypeError):
         raise KirinError(
-            f"the calibration file '{source['file']}' that '{path}' was compiled with is gone: "
-            "give --input FILE"
-        )
-    return (source["file"], source.get("tokenizer"), source["length"], source["windows"],
-            provenance["sha256"])
+            f"'{path}' records no calibration file kirinc can read back: give --input FILE"
+        ) from None
+    for candidate in (pathlib.Path(source["file"]), pathlib.Path(path).parent / source["file"]):
+        if candidate.is_file():
+            return {**source, "file": str(candidate)}
+    raise KirinError(
+        f"the calibration file '{source['file']}' that '{path}' was compiled with is gone: "
+        "give --input FILE"
+    )

@@ -21,6 +21,7 @@ import tqdm
 
 from kirin_compiler import accounting, roles
 from kirin_compiler.backends.torch_kirin import Probe
+from kirin_compiler.errors import KirinError
 from kirin_compiler.instruments import format_table
 from kirin_compiler.kirin_ops import SPIKE_MATMUL, SPIKING_SOURCES, is_kirin
 
@@ -88,7 +89,7 @@ class Report:
             f"({t.reduction:.2%} fewer)",
             f"outputs: {self.outputs_compared:,} values compared bit for bit, "
             f"{self.output_mismatches:,} differ",
-            f"integers: {sum(l.compared for l in self.layers.values()):,} compared, "
+            f"integers: {sum(layer.compared for layer in self.layers.values()):,} compared, "
             f"{self.integer_mismatches:,} differ",
         ]
         if self.mismatched_nodes:
@@ -108,13 +109,7 @@ def check(
     """Runs ``model`` in the qann and snn modes on every feed and compares them."""
     from kirin_compiler.backends import torch_backend
 
-    if not any(is_kirin(n, SPIKE_MATMUL) for n in model.graph):
-        from kirin_compiler.errors import KirinError
-
-        raise KirinError(
-            "the model has no spiking products: compile it with the Kirin pipeline "
-            "(quantize ... threshold-insert) first"
-        )
+    require_spiking(model)
     recorder, comparer = _Recorder(), _Comparer()
     qann = torch_backend.lower(model, "qann", recorder)
     snn = torch_backend.lower(model, "snn", comparer)
@@ -137,6 +132,14 @@ def check(
         timesteps=accounting.timesteps(model.graph),
         runs=len(feeds),
     )
+
+
+def require_spiking(model: ir.Model) -> None:
+    if not any(is_kirin(n, SPIKE_MATMUL) for n in model.graph):
+        raise KirinError(
+            "the model has no spiking products: compile it with the Kirin pipeline "
+            "(quantize ... threshold-insert) first"
+        )
 
 
 def _bitwise_differences(a: np.ndarray, b: np.ndarray) -> int:

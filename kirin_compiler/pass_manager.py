@@ -29,11 +29,13 @@ class Pass(ir.passes.InPlacePass):
     Subclasses are ``@dataclasses.dataclass(frozen=True)`` classes that set ``name`` (kebab-case,
     used in ``-p``), optionally ``requires_passes`` (names that must run before), and implement
     ``call(model) -> ir.passes.PassResult``. Fields become options; their types (``int``,
-    ``float``, ``bool``, ``str`` or a ``Literal`` of strings) are checked when parsed.
+    ``float``, ``bool``, ``str`` or a ``Literal`` of strings) are checked when parsed. A pass
+    that runs the model on calibration inputs sets ``needs_calibration``.
     """
 
     name: ClassVar[str]
     requires_passes: ClassVar[tuple[str, ...]] = ()
+    needs_calibration: ClassVar[bool] = False
 
     def spec(self) -> str:
         """The pass with all its options, in pipeline syntax: ``quantize{group=128}``."""

@@ -9,8 +9,8 @@ Runs the compiled network in the snn mode on the first ``runs`` calibration inpu
    total, beside 8-bit single-spike coding and the reduction; and ``kirin.workload``: the runs
    and tokens the counts are for.
 
-Energy is priced from these counts by a preset whose constants name their sources; the counts
-themselves carry no prices.
+The counts carry no prices: pricing them with named energy constants is a separate step, not
+part of this pass.
 """
 
 from __future__ import annotations
@@ -34,18 +34,20 @@ class EnergyAnnotatePass(Pass):
 
     name = "energy-annotate"
     requires_passes = ("threshold-insert",)
+    needs_calibration = True
 
     runs: int = 1
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if self.runs < 1:
             raise KirinError(f"option runs={self.runs}: use at least 1")
-        feeds = list(calibration.attached(model, self.name).feeds[: self.runs])
+        feeds = list(calibration.attached(model).feeds[: self.runs])
         counts = accounting.count_operations(model, feeds)
         for node in model.graph:
             if node.name in counts:
                 node.metadata_props[accounting.KEY_OPS] = json.dumps(counts[node.name], sort_keys=True)
         model.metadata_props[accounting.KEY_TIMESTEPS] = accounting.timesteps(model.graph).to_json()
         tokens = sum(calibration.tokens(feed) for feed in feeds)
-        model.metadata_props[KEY_WORKLOAD] = json.dumps({"runs": len(feeds), "tokens": tokens}, sort_keys=True)
+        workload = {"runs": len(feeds), "tokens": tokens}
+        model.metadata_props[KEY_WORKLOAD] = json.dumps(workload, sort_keys=True)
         return ir.passes.PassResult(model, True)

@@ -45,6 +45,7 @@ class OutlierDetectPass(Pass):
 
     name = "outlier-detect"
     requires_passes = ("quantize",)
+    needs_calibration = True
 
     mode: Literal["token", "static", "none"] = "token"
     fraction: float = 0.03
@@ -55,8 +56,9 @@ class OutlierDetectPass(Pass):
         quantizers = [n for n in model.graph if is_kirin(n, ACT_QUANT) and "outliers" not in n.attributes]
         if not quantizers:
             return ir.passes.PassResult(model, False)
-        stats = calibration.statistics(model, self.name)
-        model.metadata_props[calibration.KEY_CALIBRATION] = calibration.attached(model, self.name).provenance()
+        stats = calibration.statistics(model)
+        provenance = calibration.attached(model).provenance()
+        model.metadata_props[calibration.KEY_CALIBRATION] = provenance
         for node in quantizers:
             self._rewrite(model.graph, node, stats[node.name])
         return ir.passes.PassResult(model, True)

@@ -44,11 +44,14 @@ def _split(graph: ir.Graph, node: ir.Node) -> None:
     group = node.attributes["group"].value
     integer = {"group": group, "bound": node.attributes["bound"].value}
     meta = dict(node.metadata_props)
-    spike = rewrite.kirin_node(SPIKE_MATMUL, [codes, weights], integer, f"{node.name}.spike", [f"{node.name}.V"], meta)
+    name = node.name
+    spike = rewrite.kirin_node(SPIKE_MATMUL, [codes, weights], integer, f"{name}.spike", [f"{name}.V"], meta)
     new = [spike]
     rescale_inputs = [spike.outputs[0], scale, weight_scale]
     if outlier_codes is not None:
-        int_path = rewrite.kirin_node(INT_MATMUL, [outlier_codes, weights], integer, f"{node.name}.int", [f"{node.name}.U"], meta)
+        int_path = rewrite.kirin_node(
+            INT_MATMUL, [outlier_codes, weights], integer, f"{name}.int", [f"{name}.U"], meta
+        )
         new.append(int_path)
         rescale_inputs += [int_path.outputs[0], outlier_scale]
     for value in (n.outputs[0] for n in new):

@@ -14,8 +14,10 @@ def test_readme_python_example(tmp_path, monkeypatch, capsys):
     (code,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102
-    assert "role=attn-qk" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ai.kirin::TTFSEncoder" in printed and "ai.kirin::SpikeMatMul" in printed
+    assert "role=attn-qk" in printed
     model = load_model(tmp_path / "llama.kirin")
-    assert model.metadata_props["kirin.pipeline"] == "canonicalize"
+    assert model.metadata_props["kirin.pipeline"].startswith("canonicalize,quantize{")
     assert model.metadata_props["kirin.format_version"] == "1"
     assert '"module": "LlamaForCausalLM"' in model.metadata_props["kirin.source"]

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from kirin_models import calibrated, compiled, inputs, mlp
+from kirin_models import calibrated, compiled, mlp
 
 from kirin_compiler import accounting, calibration, compile_model, load_model
 from kirin_compiler.backends import torch_backend
@@ -32,7 +32,7 @@ def test_counts_follow_from_the_codes_the_network_sends():
     model = compiled(KIRIN + ",energy-annotate")
     ops = {n.name: json.loads(n.metadata_props["kirin.ops"]) for n in model.graph if "kirin.ops" in n.metadata_props}
     probe = _Codes()
-    feeds = calibration.attached(model, "test").feeds[0]
+    feeds = calibration.attached(model).feeds[0]
     torch_backend.run(torch_backend.lower(model, "qann", probe), model, feeds)
     codes = probe.codes[("fc1.in0", "codes")]
     spikes = int((codes != 0).sum())

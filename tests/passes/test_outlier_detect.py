@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from kirin_models import calibrated, compiled, inputs, mlp, node_lines
@@ -59,7 +58,7 @@ def test_the_budget_is_a_fraction_of_each_tokens_values(fraction):
 
 
 def test_without_calibration_inputs_the_pass_says_what_to_give():
-    with pytest.raises(KirinError, match="outlier-detect needs calibration inputs: give --calib"):
+    with pytest.raises(KirinError, match="outlier-detect: needs calibration inputs: give --calib"):
         compile_model(mlp(), "canonicalize,quantize,outlier-detect")
 
 
