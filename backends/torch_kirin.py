@@ -92,22 +92,27 @@ class ActQuant(KirinModule):
         if mask is None:
             if spike_scale is None:
                 spike_scale = ka.guard(magnitude.amax(dim=axis, keepdim=True) / hi)
-            return self.spike_codes(x / spike_scale, lo, hi), spike_scale
+            return self.spike_codes(x / spike_scale, lo=lo, hi=hi), spike_scale
         if spike_scale is None:
             spike_scale = ka.guard(magnitude.masked_fill(mask, 0.0).amax(dim=axis, keepdim=True) / hi)
         if outlier_scale is None:  # a token's largest |x| is always one of its outliers
             largest = magnitude if outliers == "token" else magnitude.masked_fill(~mask, 0.0)
             outlier_scale = ka.guard(largest.amax(dim=axis, keepdim=True) / 127)
-        # one division: each value by the scale of its path
+        # one division and one rounding: each value by the scale of its path
         ratio = x / torch.where(mask, outlier_scale, spike_scale)
-        codes = self.spike_codes(ratio.masked_fill(mask, 0.0), lo, hi)
-        outlier_codes = ka.round_half_away(ratio.masked_fill_(~mask, 0.0)).clamp_(0 if lo == 0 else -127, 127)
+        rounded = ka.round_half_away(ratio)
+        codes = self.spike_codes(ratio, rounded, mask, lo, hi)
+        outlier_codes = rounded.masked_fill_(~mask, 0.0).clamp_(0 if lo == 0 else -127, 127)
         self.probe.integers(self.node, "outlier-codes", outlier_codes)
         return codes, spike_scale, outlier_codes, outlier_scale
 
-    def spike_codes(self, ratio, lo, hi):
-        """The spike matrix's codes from ``x / s`` (zero at the outliers)."""
-        codes = ka.round_half_away(ratio).clamp_(lo, hi)
+    def spike_codes(self, ratio, rounded=None, mask=None, lo=0, hi=0):
+        """The spike matrix's codes from ``ratio = x / s`` (``rounded``: ``R(ratio)``, when
+        already computed; ``mask``: the outliers, whose spike codes are zero)."""
+        if rounded is None:
+            rounded = ka.round_half_away(ratio)
+        codes = rounded.masked_fill(mask, 0.0) if mask is not None else rounded
+        codes = codes.clamp_(lo, hi)
         self.probe.integers(self.node, "codes", codes)
         return codes
 
@@ -128,9 +133,11 @@ class TTFSEncoder(ActQuant):
     its window opens) and `arithmetic.fire` runs the threshold schedule over ``window`` steps:
     output 0 is the spike train, from which `spike_codes` recovers exactly the qann codes."""
 
-    def spike_codes(self, ratio, lo, hi):
+    def spike_codes(self, ratio, rounded=None, mask=None, lo=0, hi=0):
         if self.mode != "snn":
-            return super().spike_codes(ratio, lo, hi)
+            return super().spike_codes(ratio, rounded, mask, lo, hi)
+        if mask is not None:
+            ratio = ratio.masked_fill(mask, 0.0)
         steps, count = self.attributes["window"], self.probe.counts_operations
         train, comparisons = ka.fire(ratio, steps, lo, count=count)
         _report_spikes(self.probe, self.node, train, comparisons)

@@ -78,11 +78,14 @@ def token_outliers(magnitude: torch.Tensor, axis: int, count: int) -> torch.Tens
     if count <= 0:
         return torch.zeros(magnitude.shape, dtype=torch.bool)
     threshold = magnitude.topk(count, dim=axis, sorted=False).values.amin(dim=axis, keepdim=True)
+    # a zero is never an outlier: the threshold is at least the smallest positive float
+    threshold.clamp_(min=torch.nextafter(torch.zeros(()), torch.ones(())).item())
+    chosen = magnitude >= threshold
+    if bool((chosen.sum(dim=axis) <= count).all()):
+        return chosen  # no tie at the threshold to break (the common case)
     above = magnitude > threshold
-    tied = (magnitude == threshold) & (threshold > 0)  # a zero is never an outlier
+    tied = chosen.logical_and_(above.logical_not())
     room = count - above.sum(dim=axis, keepdim=True)
-    if bool((tied.sum(dim=axis, keepdim=True) <= room).all()):
-        return above | tied  # no tie to break (the common case)
     return above | (tied & (tied.cumsum(dim=axis) <= room))
 
 

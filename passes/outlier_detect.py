@@ -10,7 +10,8 @@ quantized weights; statistics cached on disk) and rewrites every ``ActQuant``:
    - ``mode=static``: the ``k`` channels of largest calibration mean ``x^2``, the same for every
      token (``outliers="static"``, a boolean mask input); ``P``, whose channels are key
      positions, keeps per-token outliers.
-   ``k`` is fixed here: for ``P`` it is a fraction of the calibration windows' length.
+   ``P`` has its own budget, ``attention_fraction`` of its keys (a query's probability mass
+   sits on few keys); ``k`` is fixed here: for ``P`` a fraction of the calibration length.
    Outlier codes are 8-bit with a per-token scale; the quantizer gains two outputs (codes and
    scale), which its products take as two more inputs.
 2. A quantizer with a static scale gets it from calibration: ``s = max|x| / top``. For a
@@ -49,10 +50,12 @@ class OutlierDetectPass(Pass):
 
     mode: Literal["token", "static", "none"] = "token"
     fraction: float = 0.03
+    attention_fraction: float = 0.01
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if not 0.0 <= self.fraction < 1.0:
-            raise KirinError(f"option fraction={self.fraction}: use a fraction in [0, 1)")
+        for option in ("fraction", "attention_fraction"):
+            if not 0.0 <= getattr(self, option) < 1.0:
+                raise KirinError(f"option {option}={getattr(self, option)}: use a fraction in [0, 1)")
         quantizers = [n for n in model.graph if is_kirin(n, ACT_QUANT) and "outliers" not in n.attributes]
         if not quantizers:
             return ir.passes.PassResult(model, False)
@@ -67,14 +70,16 @@ class OutlierDetectPass(Pass):
         attributes = node.attributes
         static = attributes["scale"].value == "static"
         channels = stats.amax.shape[-1]
-        count = math.ceil(self.fraction * channels) if self.mode != "none" else 0
+        probabilities = _reads_probabilities(node)
+        fraction = self.attention_fraction if probabilities else self.fraction
+        count = math.ceil(fraction * channels) if self.mode != "none" else 0
         axis = attributes["axis"].value
         node.attributes["outliers"] = ir.AttrString("outliers", "none")
         if static:
             self._static_scales(graph, node, stats, count if axis == -1 else 0)
         elif axis == -1 and count:
             # P's channels are key positions: static choices would not fit another length
-            if self.mode == "token" or _reads_probabilities(node):
+            if self.mode == "token" or probabilities:
                 node.attributes["outliers"] = ir.AttrString("outliers", "token")
                 node.attributes["outlier_count"] = ir.AttrInt64("outlier_count", count)
                 _add_outlier_outputs(graph, node)
