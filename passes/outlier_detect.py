@@ -113,7 +113,9 @@ class OutlierDetectPass(Pass):
 
 def _reads_probabilities(quantizer: ir.Node) -> bool:
     """Whether the quantizer's codes are the probabilities ``P`` of an ``attn-pv`` product."""
-    return any(roles.role(use.node) == roles.ATTENTION_PV for use in quantizer.outputs[0].uses())
+    return any(
+        roles.role(use.node) == roles.ATTENTION_PV and use.idx == 0 for use in quantizer.outputs[0].uses()
+    )
 
 
 def _top_channels(stats: ChannelStats, count: int) -> np.ndarray:

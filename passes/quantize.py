@@ -110,8 +110,8 @@ class QuantizePass(Pass):
         key = (x, axis, bits, signed, static)
         if key not in quantizers:
             name = rewrite.unique(graph, f"{_product_name(consumer)}.in{0 if axis == -1 else 1}")
-            scale = "static" if static else "token"
-            attributes = {"axis": axis, "bits": bits, "signed": int(signed), "scale": scale}
+            scale_mode = "static" if static else "token"
+            attributes = {"axis": axis, "bits": bits, "signed": int(signed), "scale": scale_mode}
             meta = {k: v for k, v in consumer.metadata_props.items() if k == roles.LAYER}
             node = rewrite.kirin_node(ACT_QUANT, [x], attributes, name, [f"{name}.q", f"{name}.s"], meta)
             codes, scale = node.outputs
