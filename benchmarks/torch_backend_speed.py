@@ -65,6 +65,8 @@ def _measure(engine: str, path: str, ids, repeats: int) -> tuple[float, int]:
     """Median seconds of one forward, and the process's peak resident memory in bytes."""
     import torch
 
+    from _smollm2 import peak_resident_bytes
+
     torch.set_num_threads(THREADS)
     forward = _engines()[engine](path, ids)
     forward()  # warm-up: first-call allocations and kernel selection
@@ -73,16 +75,7 @@ def _measure(engine: str, path: str, ids, repeats: int) -> tuple[float, int]:
         start = time.perf_counter()
         forward()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), _peak_resident_bytes()
-
-
-def _peak_resident_bytes() -> int:
-    """This process's peak resident memory. (Not getrusage's ru_maxrss: Linux carries that over
-    from the parent through fork and exec, so a child would report the parent's peak.)"""
-    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return statistics.median(times), peak_resident_bytes()
 
 
 def _engines():

@@ -104,9 +104,8 @@ def attached(model: ir.Model) -> Calibration:
 def statistics(model: ir.Model) -> dict[str, ChannelStats]:
     """The statistics of every ``ActQuant`` input, from the cache or from calibration runs."""
     calibration = attached(model)
-    key = _cache_key(model, calibration)
     cache = Path(calibration.cache_dir).expanduser() if calibration.cache_dir else None
-    path = cache / f"{key}.npz" if cache else None
+    path = cache / f"{_cache_key(model, calibration)}.npz" if cache else None
     if path is not None and path.is_file():
         return _load(path)
     from kirin_compiler.backends import torch_backend  # the backend imports this package
