@@ -68,6 +68,12 @@ class KirinModule(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"{self.node!r}, mode={self.mode}"
 
+    @property
+    def counting(self) -> bool:
+        """Whether to report operation counts: the probe wants them, and the network runs
+        (``qann`` derives them from its codes, ``snn`` measures them step by step)."""
+        return self.mode != "float" and self.probe.counts_operations
+
 
 class ActQuant(KirinModule):
     """``ActQuant(X, [spike_scale], [outlier_mask], [outlier_scale])``: 4-bit codes of the spike
@@ -85,7 +91,7 @@ class ActQuant(KirinModule):
                 f"node '{self.node}': its static scale is not calibrated yet; run outlier-detect"
             )
         lo, hi = ka.code_range(a["bits"], bool(a["signed"]))
-        if self.mode == "snn":  # the division, and the scale's maximum unless it is static
+        if self.counting:  # the division, and the scale's maximum unless it is static
             self.probe.count(self.node, float_ops=(1 if spike_scale is not None else 2) * x.numel())
         magnitude = x.abs()
         mask = self._outlier_mask(magnitude, outlier_mask)
@@ -135,7 +141,10 @@ class TTFSEncoder(ActQuant):
 
     def spike_codes(self, ratio, rounded=None, mask=None, lo=0, hi=0):
         if self.mode != "snn":
-            return super().spike_codes(ratio, rounded, mask, lo, hi)
+            codes = super().spike_codes(ratio, rounded, mask, lo, hi)
+            if self.counting:
+                _report_codes(self.probe, self.node, codes, self.attributes["window"])
+            return codes
         if mask is not None:
             ratio = ratio.masked_fill(mask, 0.0)
         steps, count = self.attributes["window"], self.probe.counts_operations
@@ -177,6 +186,12 @@ class SpikeMatMul(KirinModule):
             acc = ka.integer_matmul(spikes, weights, group, bound)
             if self.mode == "qann":
                 self.probe.integers(self.node, "accumulator", acc)
+            if self.counting:  # from the codes: each non-zero code is one spike
+                fan_out = weights.shape[-1]
+                self.probe.count(
+                    self.node, accumulates=int(torch.count_nonzero(spikes)) * fan_out,
+                    membrane_updates=_membrane_update_bound(spikes, group) * fan_out,
+                )
             return acc
         result = ka.integrate_spikes(
             spikes, weights, group, bound, self.trajectory, self.probe.counts_operations
@@ -201,7 +216,7 @@ class IntMatMul(KirinModule):
         else:
             acc = ka.integer_matmul(codes, weights, group, bound)
         self.probe.integers(self.node, "accumulator", acc)
-        if self.mode == "snn":  # the work is counted where the network runs
+        if self.counting:
             self.probe.count(self.node, int_macs=int(codes.count_nonzero()) * weights.shape[-1])
         return acc
 
@@ -212,7 +227,7 @@ class Rescale(KirinModule):
     def forward(self, spike_acc, scale, weight_scale, int_acc=None, outlier_scale=None):
         group = self.attributes.get("group", 0)
         y = ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, group)
-        if self.mode == "snn":
+        if self.counting:
             self.probe.count(self.node, float_ops=y.numel() * (2 if int_acc is None else 4))
         return y
 
@@ -237,12 +252,14 @@ class TTFSNeuron(KirinModule):
             one = torch.ones((), dtype=y.dtype)
             return (y, one) if mask is None else (y, one, torch.zeros_like(y), one)
         lo, hi = ka.code_range(a["bits"], False)
-        if self.mode == "snn":
+        if self.counting:
             ops_per_output = (2 if int_acc is None else 4) + (bias is not None) + 1  # + the division
             self.probe.count(self.node, float_ops=y.numel() * ops_per_output)
         spikes = y if mask is None else y.masked_fill(mask, 0.0)
         if self.mode == "qann":
             codes = ka.quantize(spikes, out_scale, lo, hi)
+            if self.counting:
+                _report_codes(self.probe, self.node, codes, a["window"])
         else:
             if trajectory:
                 values = self._value(spike_acc, scale, weight_scale, int_acc, outlier_scale, bias, group)
@@ -275,6 +292,25 @@ def _report_spikes(probe: Probe, node: str, train: torch.Tensor, comparisons: in
     if probe.counts_operations:
         neurons = train[0].numel()
         probe.count(node, spikes=int(torch.count_nonzero(train)), comparisons=comparisons, neurons=neurons)
+
+
+def _report_codes(probe: Probe, node: str, codes: torch.Tensor, steps: int) -> None:
+    """The work of a layer of TTFS neurons, from the codes they send (qann mode): one spike per
+    non-zero code; a neuron compares until it fires, ``T - |q|`` times, a silent one ``T - 1``."""
+    magnitude = codes.abs()
+    comparisons = int((steps - magnitude).masked_fill_(magnitude == 0, steps - 1).sum())
+    probe.count(node, spikes=int(torch.count_nonzero(codes)), comparisons=comparisons, neurons=codes.numel())
+
+
+def _membrane_update_bound(codes: torch.Tensor, group: int) -> int:
+    """Membrane updates per output neuron, summed over tokens, from the codes: a neuron's
+    membrane changes from the step after its token's first input spike (``max |q|`` steps
+    before the window's end) to the end. An upper bound of what the snn mode measures: a
+    current that is exactly zero (zero weights, cancelling spikes) changes nothing there."""
+    magnitude = codes.abs()
+    if group:
+        magnitude = magnitude.unflatten(-1, (-1, group))
+    return int(magnitude.amax(dim=-1).sum())
 
 
 MODULES: dict[str, type[KirinModule]] = {

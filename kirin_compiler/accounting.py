@@ -6,11 +6,17 @@ another, parallel ones overlap. `timesteps` takes the longest chain of windows t
 graph, in total and per decoder layer, beside the same chain with 8-bit single-spike windows
 (``T = 128`` signed, ``256`` unsigned): the baseline the Kirin method shortens by 93.75%.
 
-Operation counts (`count_operations`): the snn mode is run and every node's work is recorded:
+Operation counts (`count_operations`): the network runs and every node's work is recorded. The
+snn mode measures it step by step; the qann mode (``energy-annotate``'s default, four times
+faster on SmolLM2) derives it from the codes, which are the spikes (``kirinc verify`` proves it):
+the two give the same counts, except ``membrane_updates`` (below):
 
-- TTFS sources: ``spikes`` fired, ``neurons`` in the window, threshold ``comparisons``;
-- ``SpikeMatMul``: synaptic ``accumulates`` (spikes x fan-out) and ``membrane_updates`` (one
-  per neuron and step whose current is not zero);
+- TTFS sources: ``spikes`` fired, ``neurons`` in the window, threshold ``comparisons`` (a
+  neuron compares until it fires, ``T - |q|`` times; a silent one ``T - 1`` times);
+- ``SpikeMatMul``: synaptic ``accumulates`` (spikes x fan-out) and ``membrane_updates``: one
+  per neuron and step whose current is not zero, as the snn mode measures; the qann mode counts
+  every step from the one after the token's first spike, an upper bound (a current can be
+  exactly zero: zero weights, cancelling spikes);
 - ``IntMatMul``: ``int_macs``, 8-bit x 4-bit multiply-accumulates (outlier values x fan-out);
 - ``Rescale`` and ``TTFSNeuron``: ``float_ops`` of the rescale (two multiplies and an add per
   output, two more with outliers; a bias add and the division by the output step);
@@ -127,12 +133,15 @@ class CountingProbe(Probe):
             self.counts[node][key] += value
 
 
-def count_operations(model: ir.Model, feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, dict[str, int]]:
-    """Runs ``model`` in the snn mode on every feed and returns each node's operation counts."""
+def count_operations(
+    model: ir.Model, feeds: Iterable[Mapping[str, np.ndarray]], mode: str = "qann"
+) -> dict[str, dict[str, int]]:
+    """Runs ``model`` in ``mode`` (``qann`` or ``snn``) on every feed and returns each node's
+    operation counts."""
     from kirin_compiler.backends import torch_backend
 
     probe = CountingProbe()
-    module = torch_backend.lower(model, "snn", probe)
+    module = torch_backend.lower(model, mode, probe)
     nodes = {node.name: node for node in model.graph}
     interpreter = _FloatOpCounter(module, nodes, probe)
     names = [value.name for value in model.graph.inputs]

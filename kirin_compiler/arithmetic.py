@@ -169,7 +169,8 @@ def fire(
     integration phase has ended) or, with ``silent=False``, the trajectory ``[steps, ...]`` a
     neuron sees while its inputs still arrive. At step ``t`` a neuron that has not fired yet
     compares ``|u|`` with ``theta(t) = steps - t - 1/2`` and fires on ``|u| >= theta(t)`` with the
-    polarity of ``u``; ``lo = 0`` (unsigned codes) blocks negative spikes (a ReLU for free).
+    polarity of ``u``; with ``lo = 0`` (unsigned codes) it compares ``u`` itself, so a negative
+    membrane never fires and keeps comparing (a ReLU for free).
     Step ``steps`` has no threshold: a code's magnitude is at most ``steps - 1``. Comparisons
     are counted only when ``count`` is set.
     """
@@ -180,9 +181,10 @@ def fire(
     for t in range(1, steps):
         if t == 1 or not silent:  # a silent neuron's membrane no longer changes
             u = membrane if silent else membrane[min(t, len(membrane)) - 1]
-            magnitude, polarity = u.abs(), torch.sign(u).to(torch.int8)
-            if lo == 0:  # unsigned codes: a negative membrane never fires
-                polarity.clamp_(min=0)
+            if lo == 0:  # unsigned codes: only a positive membrane reaches a threshold
+                magnitude, polarity = u, torch.ones(u.shape, dtype=torch.int8)
+            else:
+                magnitude, polarity = u.abs(), torch.sign(u).to(torch.int8)
         if count:
             comparisons += int(torch.count_nonzero(waiting))
         crossing = (magnitude >= steps - t - 0.5).logical_and_(waiting)

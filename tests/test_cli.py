@@ -79,7 +79,7 @@ def test_compile_writes_a_kirin_file(capsys, model_path, tmp_path):
     model = load_model(out)
     assert model.opset_imports["ai.kirin"] == 1
     pipeline = model.metadata_props["kirin.pipeline"]
-    assert pipeline.startswith("canonicalize,quantize{bits=4,") and pipeline.endswith("energy-annotate{runs=1}")
+    assert pipeline.startswith("canonicalize,quantize{bits=4,") and pipeline.endswith("energy-annotate{runs=1,mode=qann}")
     assert json.loads(model.metadata_props["kirin.timesteps"])["reduction"] == 0.9375
     assert json.loads(model.metadata_props["kirin.calibration"])["tokens"] == 16
     assert model.metadata_props["kirin.format_version"] == "1"
