@@ -272,7 +272,7 @@ def quantize_weight(
     """Symmetric weight codes and scales of a ``[K, N]`` weight: per output channel
     (``group = 0``, scales ``[N]``) or per block of ``group`` input rows (scales
     ``[K/group, N]``). With ``clip_search``, each scale is the one among ``c * max|W| / top``,
-    ``c`` in 1.00, 0.95, ..., 0.50, with the least squared error of the dequantized weights."""
+    ``c`` in 1.0, 0.9, ..., 0.5, with the least squared error of the dequantized weights."""
     top = 2 ** (bits - 1) - 1
     w = torch.tensor(np.asarray(weight, dtype=np.float32))
     k, n = w.shape
@@ -281,7 +281,7 @@ def quantize_weight(
     best_scale = guard(peak / top)
     if clip_search:
         best_error = torch.full_like(peak, float("inf"))
-        for c in np.linspace(1.0, 0.5, 11):
+        for c in np.linspace(1.0, 0.5, 6):
             scale = guard(peak * float(c) / top)
             error = ((quantize(blocks, scale, -top, top) * scale - blocks) ** 2).sum(dim=1, keepdim=True)
             better = error < best_error

@@ -131,7 +131,7 @@ class _StatsProbe(Probe):
     def observe(self, node: str, x: torch.Tensor, axis: int) -> None:
         dims = sorted({0, x.dim() - 2})
         amax = x.abs().amax(dim=dims, keepdim=True)
-        square = x.square().sum(dim=dims, keepdim=True, dtype=torch.float64)
+        square = x.square().sum(dim=dims, keepdim=True).double()  # a run's sum in float32
         if node in self.amax:
             amax = torch.maximum(amax, self.amax[node])
             square = square + self.sum_square[node]

@@ -10,9 +10,27 @@ import onnx_ir as ir
 from kirin_compiler.kirin_ops import KIRIN_DOMAIN, KIRIN_OPSET_VERSION
 
 
-def constant(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
+class Names:
+    """The value names of a graph, read once, to hand out fresh ones quickly in a pass that
+    makes many (`unique` reads the whole graph each time)."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs}
+        self.taken |= {v.name for v in graph.inputs}
+
+    def fresh(self, base: str) -> str:
+        candidate, suffix = base, 0
+        while candidate in self.taken:
+            suffix += 1
+            candidate = f"{base}_{suffix}"
+        self.taken.add(candidate)
+        return candidate
+
+
+def constant(graph: ir.Graph, array: np.ndarray, name: str, names: Names | None = None) -> ir.Value:
     """A new initializer holding ``array`` (int4 arrays of `ml_dtypes` are stored as INT4)."""
-    value = ir.Value(name=unique(graph, name), const_value=ir.tensor(array))
+    fresh = names.fresh(name) if names is not None else unique(graph, name)
+    value = ir.Value(name=fresh, const_value=ir.tensor(array))
     value.shape = ir.Shape(array.shape)
     value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
     graph.register_initializer(value)

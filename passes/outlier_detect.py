@@ -62,11 +62,12 @@ class OutlierDetectPass(Pass):
         stats = calibration.statistics(model)
         provenance = calibration.attached(model).provenance()
         model.metadata_props[calibration.KEY_CALIBRATION] = provenance
+        names = rewrite.Names(model.graph)
         for node in quantizers:
-            self._rewrite(model.graph, node, stats[node.name])
+            self._rewrite(model.graph, node, stats[node.name], names)
         return ir.passes.PassResult(model, True)
 
-    def _rewrite(self, graph: ir.Graph, node: ir.Node, stats: ChannelStats) -> None:
+    def _rewrite(self, graph: ir.Graph, node: ir.Node, stats: ChannelStats, names: rewrite.Names) -> None:
         attributes = node.attributes
         static = attributes["scale"].value == "static"
         channels = stats.amax.shape[-1]
@@ -76,39 +77,44 @@ class OutlierDetectPass(Pass):
         axis = attributes["axis"].value
         node.attributes["outliers"] = ir.AttrString("outliers", "none")
         if static:
-            self._static_scales(graph, node, stats, count if axis == -1 else 0)
+            self._static_scales(graph, node, stats, count if axis == -1 else 0, names)
         elif axis == -1 and count:
             # P's channels are key positions: static choices would not fit another length
             if self.mode == "token" or probabilities:
                 node.attributes["outliers"] = ir.AttrString("outliers", "token")
                 node.attributes["outlier_count"] = ir.AttrInt64("outlier_count", count)
-                _add_outlier_outputs(graph, node)
+                _add_outlier_outputs(node, names)
             else:
                 mask = _top_channels(stats, count)
                 node.attributes["outliers"] = ir.AttrString("outliers", "static")
-                _set_inputs(node, {2: rewrite.constant(graph, mask, f"{node.name}.mask")})
-                _add_outlier_outputs(graph, node)
+                _set_inputs(node, {2: rewrite.constant(graph, mask, f"{node.name}.mask", names)})
+                _add_outlier_outputs(node, names)
 
     @staticmethod
-    def _static_scales(graph: ir.Graph, node: ir.Node, stats: ChannelStats, count: int) -> None:
+    def _static_scales(
+        graph: ir.Graph, node: ir.Node, stats: ChannelStats, count: int, names: rewrite.Names
+    ) -> None:
         bits, signed = node.attributes["bits"].value, bool(node.attributes["signed"].value)
         top = arithmetic.code_range(bits, signed)[1]
         if node.attributes["axis"].value == -2:  # V: per head and channel
             scale = stats.amax / top
-            _set_inputs(node, {1: rewrite.constant(graph, _guarded(scale), f"{node.name}.scale")})
+            _set_inputs(node, {1: rewrite.constant(graph, _guarded(scale), f"{node.name}.scale", names)})
             return
         amax = stats.amax.reshape(-1, stats.amax.shape[-1]).max(axis=0)
         if not count:
-            _set_inputs(node, {1: rewrite.constant(graph, _guarded(amax.max() / top), f"{node.name}.scale")})
+            scale = _guarded(amax.max() / top)
+            _set_inputs(node, {1: rewrite.constant(graph, scale, f"{node.name}.scale", names)})
             return
         mask = _top_channels(stats, count)
         node.attributes["outliers"] = ir.AttrString("outliers", "static")
+        spike_scale = _guarded(amax[~mask].max(initial=0.0) / top)
+        outlier_scale = _guarded(amax[mask].max() / OUTLIER_TOP)
         _set_inputs(node, {
-            1: rewrite.constant(graph, _guarded(amax[~mask].max(initial=0.0) / top), f"{node.name}.scale"),
-            2: rewrite.constant(graph, mask, f"{node.name}.mask"),
-            3: rewrite.constant(graph, _guarded(amax[mask].max() / OUTLIER_TOP), f"{node.name}.oscale"),
+            1: rewrite.constant(graph, spike_scale, f"{node.name}.scale", names),
+            2: rewrite.constant(graph, mask, f"{node.name}.mask", names),
+            3: rewrite.constant(graph, outlier_scale, f"{node.name}.oscale", names),
         })
-        _add_outlier_outputs(graph, node)
+        _add_outlier_outputs(node, names)
 
 
 def _reads_probabilities(quantizer: ir.Node) -> bool:
@@ -139,12 +145,12 @@ def _set_inputs(node: ir.Node, inputs: dict[int, ir.Value]) -> None:
         node.replace_input_with(index, value)
 
 
-def _add_outlier_outputs(graph: ir.Graph, node: ir.Node) -> None:
+def _add_outlier_outputs(node: ir.Node, names: rewrite.Names) -> None:
     """The quantizer's outlier codes and scale, passed on to every product reading it."""
     node.resize_outputs(4)
     codes, scale = node.outputs[2], node.outputs[3]
-    codes.name = rewrite.unique(graph, f"{node.name}.qo")
-    scale.name = rewrite.unique(graph, f"{node.name}.so")
+    codes.name = names.fresh(f"{node.name}.qo")
+    scale.name = names.fresh(f"{node.name}.so")
     codes.type, codes.shape = node.outputs[0].type, node.outputs[0].shape
     scale.type = ir.TensorType(ir.DataType.FLOAT)
     for consumer in [u.node for u in node.outputs[0].uses()]:

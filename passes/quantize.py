@@ -60,6 +60,7 @@ class QuantizePass(Pass):
             if not 2 <= value <= 8:
                 raise KirinError(f"option {option}={value}: use 2 to 8 bits")
         graph = model.graph
+        names = rewrite.Names(graph)
         quantizers: dict[tuple, tuple[ir.Value, ir.Value]] = {}
         modified = False
         for node in list(graph):
@@ -67,9 +68,9 @@ class QuantizePass(Pass):
             if role is None or (role == "lm_head" and not self.lm_head):
                 continue  # not a product the method quantizes
             if roles.is_linear(node):
-                self._linear(graph, node, quantizers)
+                self._linear(graph, node, quantizers, names)
             elif role in (roles.ATTENTION_QK, roles.ATTENTION_PV):
-                self._attention(graph, node, quantizers)
+                self._attention(graph, node, quantizers, names)
             else:
                 continue
             modified = True
@@ -78,7 +79,7 @@ class QuantizePass(Pass):
             rewrite.import_kirin_domain(model)
         return ir.passes.PassResult(model, modified)
 
-    def _linear(self, graph: ir.Graph, node: ir.Node, quantizers: dict) -> None:
+    def _linear(self, graph: ir.Graph, node: ir.Node, quantizers: dict, names: rewrite.Names) -> None:
         x, weight = node.inputs
         array = weight.const_value.numpy()
         group = self.group if self.group and array.shape[0] % self.group == 0 else 0
@@ -87,33 +88,34 @@ class QuantizePass(Pass):
         if isinstance(weight.const_value, ir.ExternalTensor) and len(weight.uses()) == 1:
             weight.const_value.release()  # unmap the float weight: memory grows by one weight
         stem = weight.name.removesuffix(".weight")
-        w_codes = rewrite.constant(graph, codes.astype(_int_type(self.bits)), f"{stem}.wq")
-        w_scale = rewrite.constant(graph, scales.astype(np.float32), f"{stem}.ws")
+        w_codes = rewrite.constant(graph, codes.astype(_int_type(self.bits)), f"{stem}.wq", names)
+        w_scale = rewrite.constant(graph, scales.astype(np.float32), f"{stem}.ws", names)
         unsigned = _after_relu(x)
         static = unsigned and self.relu_static
-        act = self._quantizer(graph, node, x, -1, self.act_bits, not unsigned, static, quantizers)
+        act = self._quantizer(graph, node, x, -1, self.act_bits, not unsigned, static, quantizers, names)
         top = 2 ** (self.bits - 1) - 1
         self._replace(graph, node, act, (w_codes, w_scale), group, max(OUTLIER_TOP, 2**self.act_bits) * top)
 
-    def _attention(self, graph: ir.Graph, node: ir.Node, quantizers: dict) -> None:
+    def _attention(self, graph: ir.Graph, node: ir.Node, quantizers: dict, names: rewrite.Names) -> None:
         left, right = node.inputs
         is_pv = roles.role(node) == roles.ATTENTION_PV
-        act = self._quantizer(graph, node, left, -1, self.act_bits, not is_pv, False, quantizers)
-        kv = self._quantizer(graph, node, right, -2, self.kv_bits, True, is_pv, quantizers)
+        act = self._quantizer(graph, node, left, -1, self.act_bits, not is_pv, False, quantizers, names)
+        kv = self._quantizer(graph, node, right, -2, self.kv_bits, True, is_pv, quantizers, names)
         kv_top = 2 ** (self.kv_bits - 1) - 1
         self._replace(graph, node, act, kv, 0, max(OUTLIER_TOP, 2**self.act_bits) * kv_top)
 
     def _quantizer(
         self, graph: ir.Graph, consumer: ir.Node, x: ir.Value, axis: int, bits: int,
-        signed: bool, static: bool, quantizers: dict,
+        signed: bool, static: bool, quantizers: dict, names: rewrite.Names,
     ) -> tuple[ir.Value, ir.Value]:
         key = (x, axis, bits, signed, static)
         if key not in quantizers:
-            name = rewrite.unique(graph, f"{_product_name(consumer)}.in{0 if axis == -1 else 1}")
+            name = names.fresh(f"{_product_name(consumer)}.in{0 if axis == -1 else 1}")
             scale_mode = "static" if static else "token"
             attributes = {"axis": axis, "bits": bits, "signed": int(signed), "scale": scale_mode}
             meta = {k: v for k, v in consumer.metadata_props.items() if k == roles.LAYER}
-            node = rewrite.kirin_node(ACT_QUANT, [x], attributes, name, [f"{name}.q", f"{name}.s"], meta)
+            outputs = [names.fresh(f"{name}.q"), names.fresh(f"{name}.s")]
+            node = rewrite.kirin_node(ACT_QUANT, [x], attributes, name, outputs, meta)
             codes, scale = node.outputs
             codes.type, codes.shape = ir.TensorType(ir.DataType.INT8), x.shape
             scale.type = ir.TensorType(ir.DataType.FLOAT)
