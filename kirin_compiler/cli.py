@@ -183,6 +183,10 @@ def _compile(args: argparse.Namespace) -> int:
         check_writable(args.output)
         if pathlib.Path(args.output).resolve() == pathlib.Path(args.input).resolve():
             raise KirinError(f"output '{args.output}' is the input file; choose another name")
+    instruments = _instruments(args)
+    model = load_model(args.input)
+    if args.output is not None:  # checked again when saving; here, before any work
+        check_not_weights_in_use(model, [pathlib.Path(args.output)])
     calibrating = [p.name for p in passes if p.needs_calibration]
     if calibrating and args.calib is None:
         raise KirinError(
@@ -190,10 +194,6 @@ def _compile(args: argparse.Namespace) -> int:
             "--calib IDS.npy (token ids) or --calib TEXT --tokenizer DIR, or a pipeline without "
             "them (-p canonicalize)"
         )
-    instruments = _instruments(args)
-    model = load_model(args.input)
-    if args.output is not None:  # checked again when saving; here, before any work
-        check_not_weights_in_use(model, [pathlib.Path(args.output)])
     if args.calib is not None:
         cache = None if args.no_calib_cache else pathlib.Path(args.calib_cache).expanduser()
         feeds, source = _calibration_feeds(args, model)
