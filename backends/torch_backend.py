@@ -4,9 +4,10 @@
 op table (`kirin_compiler.backends.torch_ops`), so ``print(gm.code)`` reads like the IR dump::
 
     def forward(self, input_ids):
-        v0 = shape(input_ids, start = 0, end = 1)
         ...
-        v39 = matmul(v38, self.layers_0_q_weight)
+        layers_0_q_weight_t = self.layers_0_q_weight_t
+        v39 = torch._C._nn.linear(v38, layers_0_q_weight_t);  layers_0_q_weight_t = None
+        v41 = onnx_reshape(v39, v40, allowzero = 1);  v39 = None
 
 Graph inputs become placeholders; initializers become buffers of the module (``self.<name>``),
 except small integer constants feeding shape-like inputs, which are written into the code as
