@@ -103,7 +103,7 @@ def _return_freed_memory() -> None:
     """Makes glibc's malloc serve large blocks (4 MiB and up) from their own memory maps and
     trim freed memory past 4 MiB, so that activations freed after each forward go back to the
     system instead of fragmenting the heap (glibc otherwise raises its threshold as blocks are
-    freed): compiling SmolLM2 peaks at 1.23 GB instead of 1.69 GB, for about 10% more time.
+    freed): compiling SmolLM2 peaked at 1.23 GB instead of 1.69 GB, for about 10% more time.
     Without glibc nothing changes."""
     try:
         libc = ctypes.CDLL("libc.so.6")
