@@ -94,13 +94,14 @@ class ActQuant(KirinModule):
         if self.counting:  # the division, and the scale's maximum unless it is static
             self.probe.count(self.node, float_ops=(1 if spike_scale is not None else 2) * x.numel())
         magnitude = x.abs()
-        mask = self._outlier_mask(magnitude, outlier_mask)
+        mask, rest = self._outlier_mask(magnitude, outlier_mask)
         if mask is None:
             if spike_scale is None:
                 spike_scale = ka.guard(magnitude.amax(dim=axis, keepdim=True) / hi)
             return self.spike_codes(x / spike_scale, lo=lo, hi=hi), spike_scale
-        if spike_scale is None:
-            spike_scale = ka.guard(magnitude.masked_fill(mask, 0.0).amax(dim=axis, keepdim=True) / hi)
+        if spike_scale is None:  # the largest value left to the spikes
+            rest = rest if rest is not None else magnitude.masked_fill(mask, 0.0).amax(dim=axis, keepdim=True)
+            spike_scale = ka.guard(rest / hi)
         if outlier_scale is None:  # a token's largest |x| is always one of its outliers
             largest = magnitude if outliers == "token" else magnitude.masked_fill(~mask, 0.0)
             outlier_scale = ka.guard(largest.amax(dim=axis, keepdim=True) / 127)
@@ -123,13 +124,14 @@ class ActQuant(KirinModule):
         return codes
 
     def _outlier_mask(self, magnitude, static_mask):
+        """The outliers' mask, and the largest magnitude left out when it comes for free."""
         a = self.attributes
         outliers = a.get("outliers", "none")
         if outliers == "token":
             return ka.token_outliers(magnitude, a["axis"], a["outlier_count"])
         if outliers == "static":
-            return static_mask.expand(magnitude.shape)
-        return None
+            return static_mask.expand(magnitude.shape), None
+        return None, None
 
 
 class TTFSEncoder(ActQuant):

@@ -68,25 +68,33 @@ def guard(scale: torch.Tensor) -> torch.Tensor:
     return torch.where(scale == 0, torch.ones_like(scale), scale)
 
 
-def token_outliers(magnitude: torch.Tensor, axis: int, count: int) -> torch.Tensor:
+def token_outliers(
+    magnitude: torch.Tensor, axis: int, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``count`` largest of the magnitudes ``|x|`` in every slice along ``axis``, zeros
-    excepted, as a boolean mask.
+    excepted, as a boolean mask; and the largest magnitude left out (size 1 along ``axis``).
 
     Ties at the ``count``-th value go to the lower indices, so the choice is a function of the
     values alone (``topk`` gives the threshold value, which is unique, not the positions)."""
-    count = min(count, magnitude.shape[axis])
+    width = magnitude.shape[axis]
+    count = min(count, width)
     if count <= 0:
-        return torch.zeros(magnitude.shape, dtype=torch.bool)
-    threshold = magnitude.topk(count, dim=axis, sorted=False).values.amin(dim=axis, keepdim=True)
+        return torch.zeros(magnitude.shape, dtype=torch.bool), magnitude.amax(dim=axis, keepdim=True)
+    top = magnitude.topk(min(count + 1, width), dim=axis).values  # sorted, largest first
+    threshold = top.narrow(axis, count - 1, 1).clone()
     # a zero is never an outlier: the threshold is at least the smallest positive float
     threshold.clamp_(min=torch.nextafter(torch.zeros(()), torch.ones(())).item())
     chosen = magnitude >= threshold
-    if bool((chosen.sum(dim=axis) <= count).all()):
-        return chosen  # no tie at the threshold to break (the common case)
+    if bool((chosen.sum(dim=axis) <= count).all()):  # no tie at the threshold (the common case)
+        if count == width:
+            return chosen, torch.zeros_like(threshold)
+        # the rest's largest is the next value (zero where fewer than count were positive)
+        return chosen, top.narrow(axis, count, 1)
     above = magnitude > threshold
     tied = chosen.logical_and_(above.logical_not())
     room = count - above.sum(dim=axis, keepdim=True)
-    return above | (tied & (tied.cumsum(dim=axis) <= room))
+    mask = above | (tied & (tied.cumsum(dim=axis) <= room))
+    return mask, magnitude.masked_fill(mask, 0.0).amax(dim=axis, keepdim=True)
 
 
 # Integer products and rescaling ----------------------------------------------------------------

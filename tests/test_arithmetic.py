@@ -166,11 +166,12 @@ def test_weight_codes_and_scales(n, group, seed):
 @given(arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 16)),
               elements=st.sampled_from([0.0, 1.0, -1.0, 2.5, -2.5, 7.0])), st.integers(0, 16))
 def test_token_outliers_are_the_largest_non_zero_values_with_ties_to_the_lower_index(x, count):
-    mask = ka.token_outliers(torch.from_numpy(np.abs(x)), -1, count)
-    for row, chosen in zip(np.abs(x), mask.numpy()):
+    mask, rest = ka.token_outliers(torch.from_numpy(np.abs(x)), -1, count)
+    for row, chosen, left in zip(np.abs(x), mask.numpy(), rest.numpy()):
         expected = np.argsort(-row, kind="stable")[: min(count, len(row))]
         expected = [i for i in expected if row[i] > 0]
         assert sorted(np.flatnonzero(chosen)) == sorted(expected)
+        assert left[0] == np.where(chosen, 0, row).max(initial=0)  # the largest left out
 
 
 @SETTINGS
