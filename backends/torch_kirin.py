@@ -93,21 +93,23 @@ class ActQuant(KirinModule):
         lo, hi = ka.code_range(a["bits"], bool(a["signed"]))
         if self.counting:  # the division, and the scale's maximum unless it is static
             self.probe.count(self.node, float_ops=(1 if spike_scale is not None else 2) * x.numel())
-        magnitude = x.abs()
+        # unsigned codes: only positive values count (negative ones get code 0), no |x| needed
+        magnitude = x if lo == 0 else x.abs()
         mask, rest = self._outlier_mask(magnitude, outlier_mask)
         if mask is None:
             if spike_scale is None:
-                spike_scale = ka.guard(magnitude.amax(dim=axis, keepdim=True) / hi)
+                spike_scale = ka.guard(magnitude.amax(dim=axis, keepdim=True).clamp_(min=0) / hi)
             return self.spike_codes(x / spike_scale, lo=lo, hi=hi), spike_scale
         if spike_scale is None:  # the largest value left to the spikes
-            rest = rest if rest is not None else magnitude.masked_fill(mask, 0.0).amax(dim=axis, keepdim=True)
-            spike_scale = ka.guard(rest / hi)
+            if rest is None:
+                rest = magnitude.masked_fill(mask, 0.0).amax(dim=axis, keepdim=True)
+            spike_scale = ka.guard(rest.clamp(min=0) / hi)
         if outlier_scale is None:  # a token's largest |x| is always one of its outliers
             largest = magnitude if outliers == "token" else magnitude.masked_fill(~mask, 0.0)
-            outlier_scale = ka.guard(largest.amax(dim=axis, keepdim=True) / 127)
+            outlier_scale = ka.guard(largest.amax(dim=axis, keepdim=True).clamp_(min=0) / 127)
         # one division and one rounding: each value by the scale of its path
         ratio = x / torch.where(mask, outlier_scale, spike_scale)
-        rounded = ka.round_half_away(ratio)
+        rounded = ka.round_half_up(ratio) if lo == 0 else ka.round_half_away(ratio)
         codes = self.spike_codes(ratio, rounded, mask, lo, hi)
         outlier_codes = rounded.masked_fill_(~mask, 0.0).clamp_(0 if lo == 0 else -127, 127)
         self.probe.integers(self.node, "outlier-codes", outlier_codes)
@@ -117,7 +119,7 @@ class ActQuant(KirinModule):
         """The spike matrix's codes from ``ratio = x / s`` (``rounded``: ``R(ratio)``, when
         already computed; ``mask``: the outliers, whose spike codes are zero)."""
         if rounded is None:
-            rounded = ka.round_half_away(ratio)
+            rounded = ka.round_half_up(ratio) if lo == 0 else ka.round_half_away(ratio)
         codes = rounded.masked_fill(mask, 0.0) if mask is not None else rounded
         codes = codes.clamp_(lo, hi)
         self.probe.integers(self.node, "codes", codes)

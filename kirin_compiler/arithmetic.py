@@ -58,6 +58,14 @@ def round_half_away(r: torch.Tensor) -> torch.Tensor:
     return whole.add_(magnitude.sub_(whole).ge_(0.5)).copysign_(r)
 
 
+def round_half_up(r: torch.Tensor) -> torch.Tensor:
+    """``floor(r) + (r - floor(r) >= 1/2)``: `round_half_away` for ``r >= 0`` in fewer passes
+    (for unsigned codes; a negative ``r`` gives a value ``<= 0``, which the clamp at 0 makes 0,
+    as it does `round_half_away`'s)."""
+    whole = r.floor()
+    return whole.add_((r - whole).ge_(0.5))
+
+
 def quantize(x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """``clamp(R(x / scale), lo, hi)``: integer codes held in ``x``'s float type."""
     return round_half_away(x / scale).clamp_(lo, hi)

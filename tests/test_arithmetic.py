@@ -182,3 +182,10 @@ def test_sparse_outlier_products_equal_the_dense_ones(m, k, n, seed):
     codes[torch.rand(codes.shape, generator=g) < 0.8] = 0
     weights = torch.randint(-7, 8, (k, n), generator=g).float()
     assert torch.equal(ka.sparse_integer_matmul(codes, weights), ka.integer_matmul(codes, weights))
+
+
+@SETTINGS
+@given(st.lists(values, min_size=1, max_size=64))
+def test_unsigned_rounding_agrees_with_round_half_away_after_the_clamp(xs):
+    r = _tensor(xs)
+    assert torch.equal(ka.round_half_up(r).clamp(0, 15), ka.round_half_away(r).clamp(0, 15))
