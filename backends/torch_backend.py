@@ -37,7 +37,7 @@ from kirin_compiler.backends.torch_kirin import MODES, Mode, Probe
 from kirin_compiler.backends.torch_ops import OPS
 from kirin_compiler.backends.torch_ops._table import shared_tensor, supported_dtypes
 from kirin_compiler.errors import KirinError, UnsupportedOpError
-from kirin_compiler.kirin_ops import SPIKE_MATMUL, SPIKING_SOURCES, TTFS_NEURON, is_kirin
+from kirin_compiler.kirin_ops import RESCALE, SPIKE_MATMUL, SPIKING_SOURCES, TTFS_NEURON, is_kirin
 
 # Integer constants up to this many elements are written into the code where an op reads an
 # integer list (shapes, axes); larger ones stay buffers.
@@ -170,6 +170,9 @@ class _Lowering:
         module = torch_kirin.MODULES[node.op_type](node.name, attributes, self.mode, self.probe)
         if self.mode == "snn":
             self._check_spiking(node, module)
+        if node.op_type == RESCALE:
+            accumulators = [v for i, v in enumerate(node.inputs) if i in (0, 3) and v is not None]
+            module.reuse = all(len(v.uses()) == 1 and not v.is_graph_output() for v in accumulators)
         name = _identifier(node.name)
         while hasattr(self.root, name):
             name += "_"

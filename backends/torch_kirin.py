@@ -168,11 +168,13 @@ class QMatMul(KirinModule):
                 "spike-matrix-hybridize and threshold-insert"
             )
         group, bound = self.attributes.get("group", 0), self.attributes.get("bound")
+        if self.mode == "float":
+            return ka.rescale(ka.float_matmul(codes, weights, group), scale, weight_scale, group=group, reuse=True)
         spike_acc = ka.integer_matmul(codes, weights, group, bound)
         int_acc = None
-        if outlier_codes is not None and self.mode == "qann":
+        if outlier_codes is not None:
             int_acc = ka.integer_matmul(outlier_codes, weights, group, bound)
-        return ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, group)
+        return ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, group, reuse=True)
 
 
 class SpikeMatMul(KirinModule):
@@ -186,10 +188,11 @@ class SpikeMatMul(KirinModule):
 
     def forward(self, spikes, weights):
         group, bound = self.attributes.get("group", 0), self.attributes.get("bound")
-        if self.mode != "snn":
+        if self.mode == "float":
+            return ka.float_matmul(spikes, weights, group)
+        if self.mode == "qann":
             acc = ka.integer_matmul(spikes, weights, group, bound)
-            if self.mode == "qann":
-                self.probe.integers(self.node, "accumulator", acc)
+            self.probe.integers(self.node, "accumulator", acc)
             if self.counting:  # from the codes: each non-zero code is one spike
                 fan_out = weights.shape[-1]
                 self.probe.count(
@@ -214,11 +217,7 @@ class IntMatMul(KirinModule):
         group = self.attributes.get("group", 0)
         if self.mode == "float":  # float activations carry no outliers: U = 0
             return torch.zeros(ka.product_shape(codes.shape, weights.shape, group))
-        bound = self.attributes.get("bound")
-        if weights.dim() == 2 and not group:
-            acc = ka.sparse_integer_matmul(codes, weights, bound)
-        else:
-            acc = ka.integer_matmul(codes, weights, group, bound)
+        acc = ka.integer_matmul(codes, weights, group, self.attributes.get("bound"))
         self.probe.integers(self.node, "accumulator", acc)
         if self.counting:
             self.probe.count(self.node, int_macs=int(codes.count_nonzero()) * weights.shape[-1])
@@ -226,13 +225,17 @@ class IntMatMul(KirinModule):
 
 
 class Rescale(KirinModule):
-    """``Rescale(V, scale, weight_scale, [U, outlier_scale]) -> Y``: the float part."""
+    """``Rescale(V, scale, weight_scale, [U, outlier_scale]) -> Y``: the float part. ``reuse``
+    (set by the lowering when this node is the accumulators' only reader) computes ``Y`` in
+    their memory."""
+
+    reuse = False
 
     def forward(self, spike_acc, scale, weight_scale, int_acc=None, outlier_scale=None):
         group = self.attributes.get("group", 0)
-        y = ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, group)
         if self.counting:
-            self.probe.count(self.node, float_ops=y.numel() * (2 if int_acc is None else 4))
+            self.probe.count(self.node, float_ops=spike_acc.numel() * (2 if int_acc is None else 4))
+        y = ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, group, reuse=self.reuse)
         return y
 
 

@@ -156,7 +156,7 @@ class _Recorder(Probe):
         self.values: dict[tuple[str, str], torch.Tensor] = {}
 
     def integers(self, node: str, kind: str, values: torch.Tensor) -> None:
-        self.values[(node, kind)] = values
+        self.values[(node, kind)] = values.clone()  # `Rescale` reuses its accumulators' memory
 
     def take(self) -> dict[tuple[str, str], torch.Tensor]:
         values, self.values = self.values, {}

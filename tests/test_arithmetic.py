@@ -3,6 +3,7 @@ spiking products are the integer products, and every mode agrees bit for bit."""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import torch
 from hypothesis import given, settings
@@ -175,13 +176,15 @@ def test_token_outliers_are_the_largest_non_zero_values_with_ties_to_the_lower_i
 
 
 @SETTINGS
-@given(st.integers(1, 6), st.integers(1, 20), st.integers(1, 5), st.integers(0, 2**31 - 1))
-def test_sparse_outlier_products_equal_the_dense_ones(m, k, n, seed):
+@given(st.integers(1, 6), st.integers(1, 40), st.integers(1, 9), st.integers(0, 2**31 - 1), st.booleans())
+def test_int8_products_equal_exact_float64_ones(m, k, n, seed, nibbles):
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(-127, 128, (2, m, k), generator=g).float()
-    codes[torch.rand(codes.shape, generator=g) < 0.8] = 0
-    weights = torch.randint(-7, 8, (k, n), generator=g).float()
-    assert torch.equal(ka.sparse_integer_matmul(codes, weights), ka.integer_matmul(codes, weights))
+    weights = torch.randint(-7, 8, (k, n), generator=g, dtype=torch.int8)
+    stored = weights.numpy().astype(ml_dtypes.int4) if nibbles else None
+    operand = torch.from_numpy(stored.view(np.uint8)) if nibbles else weights  # INT4 bytes
+    expected = codes.double() @ weights.double()
+    assert torch.equal(ka.integer_matmul(codes, operand).double(), expected)
 
 
 @SETTINGS
