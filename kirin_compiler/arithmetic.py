@@ -134,20 +134,17 @@ def integer_matmul(
         rows = to_int8(codes.reshape(-1, codes.shape[-1]))
         product = torch._int_mm(rows, to_int8(weights))  # int32 sums: exact
         return product.to(kind).reshape(*codes.shape[:-1], weights.shape[-1])
-    codes, weights = widen(codes, kind), widen(weights, kind)
-    if group:
-        blocks = codes.shape[-1] // group
-        grouped = codes.unflatten(-1, (blocks, group))  # [..., M, G, g]
-        return torch.einsum("...mgk,gkn->...mgn", grouped, weights.view(blocks, group, -1))
-    return codes @ weights
+    return float_matmul(widen(codes, kind), weights, group)
 
 
 def float_matmul(x: torch.Tensor, weights: torch.Tensor, group: int = 0) -> torch.Tensor:
-    """``x @ weights`` of float activations and integer weight codes (the float mode)."""
+    """``x @ weights`` in ``x``'s float type, weights widened to it (with ``group``, one
+    product per block of ``group`` input rows: ``[..., M, K/group, N]``)."""
     weights = widen(weights, x.dtype)
     if group:
         blocks = x.shape[-1] // group
-        return torch.einsum("...mgk,gkn->...mgn", x.unflatten(-1, (blocks, group)), weights.view(blocks, group, -1))
+        grouped = x.unflatten(-1, (blocks, group))  # [..., M, G, g]
+        return torch.einsum("...mgk,gkn->...mgn", grouped, weights.view(blocks, group, -1))
     return x @ weights
 
 

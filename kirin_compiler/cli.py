@@ -14,7 +14,7 @@ import ctypes
 import json
 import pathlib
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import onnx_ir as ir
 
@@ -38,6 +38,9 @@ from kirin_compiler.instruments import DumpDir, PrintChanged, PrintIR, TimePasse
 from kirin_compiler.pass_manager import format_option, node_count
 from kirin_compiler.printer import format_value_type
 from kirin_compiler.registry import PassRegistry, type_name
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _wrapped(pipeline: str) -> str:
