@@ -114,8 +114,17 @@ def statistics(model: ir.Model) -> dict[str, ChannelStats]:
     quantizers = [n for n in model.graph if is_kirin(n, ACT_QUANT)]
     # the last quantizer's input as the output: nothing after it (the lm_head) runs
     module = torch_backend.lower(model, "float", probe, outputs=quantizers[-1].inputs[:1])
-    for feed in tqdm.tqdm(calibration.feeds, desc="calibrate", unit="run", disable=not calibration.progress):
-        torch_backend.run(module, model, feed)
+    runs = tqdm.tqdm(calibration.feeds, desc="calibrate", unit="run", disable=not calibration.progress)
+    for index, feed in enumerate(runs, start=1):
+        try:
+            torch_backend.run(module, model, feed)
+        except (RuntimeError, IndexError, ValueError) as error:  # e.g. ids past the vocabulary
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            shapes = ", ".join(f"{name} {list(np.shape(v))}" for name, v in feed.items())
+            raise KirinError(
+                f"calibration run {index} ({shapes}) failed: {reason}; check the calibration "
+                "inputs against the model (token ids within its vocabulary)"
+            ) from error
     stats = probe.result()
     if path is not None:
         _save(path, stats)

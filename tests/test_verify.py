@@ -155,3 +155,12 @@ def test_compiling_with_the_default_pipeline_needs_calibration_before_any_work(c
         "inputs: give --calib IDS.npy (token ids) or --calib TEXT --tokenizer DIR, or a pipeline "
         "without them (-p canonicalize)\n"
     )
+
+
+def test_calibration_ids_the_model_cannot_read_are_one_error_line(capsys, tmp_path):
+    np.save(tmp_path / "ids.npy", np.array([[1, 2, 100_000]]))  # past the 256-token vocabulary
+    status, _, err = _run(capsys, TINY_LLAMA, "-o", tmp_path / "model.kirin", "--calib",
+                          tmp_path / "ids.npy", "--no-calib-cache")
+    assert status == 2 and err.count("\n") == 1
+    assert "outlier-detect: calibration run 1 (input_ids [1, 3]) failed: " in err
+    assert "token ids within its vocabulary" in err and not (tmp_path / "model.kirin").exists()
