@@ -109,7 +109,7 @@ class ActQuant(KirinModule):
             outlier_scale = ka.guard(largest.amax(dim=axis, keepdim=True).clamp_(min=0) / 127)
         # one division and one rounding: each value by the scale of its path
         ratio = x / torch.where(mask, outlier_scale, spike_scale)
-        rounded = ka.round_half_up(ratio) if lo == 0 else ka.round_half_away(ratio)
+        rounded = ka.round_codes(ratio, lo)
         codes = self.spike_codes(ratio, rounded, mask, lo, hi)
         outlier_codes = rounded.masked_fill_(~mask, 0.0).clamp_(0 if lo == 0 else -127, 127)
         self.probe.integers(self.node, "outlier-codes", outlier_codes)
@@ -119,7 +119,7 @@ class ActQuant(KirinModule):
         """The spike matrix's codes from ``ratio = x / s`` (``rounded``: ``R(ratio)``, when
         already computed; ``mask``: the outliers, whose spike codes are zero)."""
         if rounded is None:
-            rounded = ka.round_half_up(ratio) if lo == 0 else ka.round_half_away(ratio)
+            rounded = ka.round_codes(ratio, lo)
         codes = rounded.masked_fill(mask, 0.0) if mask is not None else rounded
         codes = codes.clamp_(lo, hi)
         self.probe.integers(self.node, "codes", codes)

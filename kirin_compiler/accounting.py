@@ -18,8 +18,9 @@ the two give the same counts, except ``membrane_updates`` (below):
   every step from the one after the token's first spike, an upper bound (a current can be
   exactly zero: zero weights, cancelling spikes);
 - ``IntMatMul``: ``int_macs``, 8-bit x 4-bit multiply-accumulates (outlier values x fan-out);
-- ``Rescale`` and ``TTFSNeuron``: ``float_ops`` of the rescale (two multiplies and an add per
-  output, two more with outliers; a bias add and the division by the output step);
+- ``Rescale`` and ``TTFSNeuron``: ``float_ops`` of the rescale (two multiplies per output; a
+  multiply and an add more with outliers; for a neuron, a bias add and the division by the
+  output step);
 - other nodes: ``float_ops`` (``FLOAT_OP_COST`` per output element; data movement is free) and,
   for float matrix products, ``float_macs``.
 """
@@ -43,8 +44,8 @@ from kirin_compiler.kirin_ops import SPIKING_SOURCES, is_kirin
 KEY_TIMESTEPS = "kirin.timesteps"
 KEY_OPS = "kirin.ops"
 
-# Float operations per output element of the non-spiking ops (a ReduceMean is charged per
-# input element, see `_float_ops`); ops absent here move data and cost nothing.
+# Float operations per output element of the non-spiking ops (reductions are charged per input
+# element, see `_FloatOpCounter`); ops absent here move data and cost nothing.
 FLOAT_OP_COST = {
     **dict.fromkeys("Add Sub Mul Div Neg Abs Pow Sqrt Reciprocal Max Min Where Relu".split(), 1),
     **dict.fromkeys("Exp Log Cos Sin Erf".split(), 1),

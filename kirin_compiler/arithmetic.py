@@ -73,6 +73,12 @@ def round_half_up(r: torch.Tensor) -> torch.Tensor:
     return whole.add_((r - whole).ge_(0.5))
 
 
+def round_codes(r: torch.Tensor, lo: int) -> torch.Tensor:
+    """``R(r)`` for codes whose lowest value is ``lo``: `round_half_up` for unsigned codes
+    (``lo = 0``, equal once clamped at 0), `round_half_away` otherwise."""
+    return round_half_up(r) if lo == 0 else round_half_away(r)
+
+
 def quantize(x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """``clamp(R(x / scale), lo, hi)``: integer codes held in ``x``'s float type."""
     return round_half_away(x / scale).clamp_(lo, hi)

@@ -39,13 +39,7 @@ def constant(graph: ir.Graph, array: np.ndarray, name: str, names: Names | None 
 
 def unique(graph: ir.Graph, base: str) -> str:
     """``base``, or ``base_<n>`` if a value of the graph already has that name."""
-    taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs}
-    taken |= {v.name for v in graph.inputs}
-    candidate, suffix = base, 0
-    while candidate in taken:
-        suffix += 1
-        candidate = f"{base}_{suffix}"
-    return candidate
+    return Names(graph).fresh(base)
 
 
 def replace(
