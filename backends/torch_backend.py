@@ -32,12 +32,21 @@ import onnx_ir as ir
 import torch
 import torch.fx
 
+from kirin_compiler import arithmetic as ka
 from kirin_compiler.backends import torch_fusion, torch_kirin
 from kirin_compiler.backends.torch_kirin import MODES, Mode, Probe
 from kirin_compiler.backends.torch_ops import OPS
 from kirin_compiler.backends.torch_ops._table import shared_tensor, supported_dtypes
 from kirin_compiler.errors import KirinError, UnsupportedOpError
-from kirin_compiler.kirin_ops import RESCALE, SPIKE_MATMUL, SPIKING_SOURCES, TTFS_NEURON, is_kirin
+from kirin_compiler.kirin_ops import (
+    INT_MATMUL,
+    QMATMUL,
+    RESCALE,
+    SPIKE_MATMUL,
+    SPIKING_SOURCES,
+    TTFS_NEURON,
+    is_kirin,
+)
 
 # Integer constants up to this many elements are written into the code where an op reads an
 # integer list (shapes, axes); larger ones stay buffers.
@@ -84,6 +93,7 @@ class _Lowering:
         self.graph = torch.fx.Graph()
         self.env: dict[ir.Value, torch.fx.Node] = {}
         self.transposed: dict[ir.Value, torch.fx.Node] = {}
+        self.synapses: dict[ir.Value, torch.fx.Node] = {}
 
     def run(self, outputs: Sequence[ir.Value] | None = None) -> torch.fx.GraphModule:
         for value in self.model.graph.inputs:
@@ -170,6 +180,8 @@ class _Lowering:
         module = torch_kirin.MODULES[node.op_type](node.name, attributes, self.mode, self.probe)
         if self.mode == "snn":
             self._check_spiking(node, module)
+        if node.op_type == SPIKE_MATMUL:
+            module.window = _source_window(node)
         if node.op_type == RESCALE:
             accumulators = [v for i, v in enumerate(node.inputs) if i in (0, 3) and v is not None]
             module.reuse = all(len(v.uses()) == 1 and not v.is_graph_output() for v in accumulators)
@@ -177,8 +189,17 @@ class _Lowering:
         while hasattr(self.root, name):
             name += "_"
         self.root.add_module(name, module)
-        args = tuple(self._kirin_operand(value) for value in node.inputs)
-        result = self.graph.call_module(name, args)
+        args = [self._kirin_operand(value) for value in node.inputs]
+        weight, *blocks = _WEIGHT_INPUTS.get(node.op_type, (None,))
+        if weight is not None and node.inputs[weight].const_value is not None:
+            args[weight] = self._synapses(node, weight, blocks)  # in place of (Wq, r, z)
+            module.constant = True
+            for index in blocks:
+                if index < len(args):
+                    args[index] = None
+        while args and args[-1] is None:
+            args.pop()
+        result = self.graph.call_module(name, tuple(args))
         result.meta["ir_node"] = node.name
         if len(node.outputs) == 1:
             self.env[node.outputs[0]] = result
@@ -197,7 +218,23 @@ class _Lowering:
         array = value.const_value.numpy()
         if value.const_value.dtype == ir.DataType.INT4:  # shared bytes, widened where used
             array = array.view(np.uint8)
+        elif value.const_value.dtype == ir.DataType.UINT8:  # uint8 means INT4 bytes here
+            array = array.astype(np.int16)
         return self._buffer(value.name, array, cache_for=value)
+
+    def _synapses(self, node: ir.Node, weight: int, blocks: list[int]) -> torch.fx.Node:
+        """The synapses ``r * Wq + z`` of a product's constant weight, made once for all the
+        products reading it (float32: every synapse is an integer below 2^24)."""
+        value = node.inputs[weight]
+        if value not in self.synapses:
+            parts = [node.inputs[i] if i < len(node.inputs) else None for i in blocks]
+            codes, block_scale, block_offset = (
+                None if v is None else torch.from_numpy(_integers(v)) for v in [value, *parts]
+            )
+            group = node.attributes["group"].value if "group" in node.attributes else 0
+            synapses = ka.synapses(codes, block_scale, block_offset, group)
+            self.synapses[value] = self._buffer(f"{value.name}_synapses", synapses.numpy())
+        return self.synapses[value]
 
     @staticmethod
     def _check_spiking(node: ir.Node, module: torch.nn.Module) -> None:
@@ -275,6 +312,25 @@ class _Lowering:
         raise UnsupportedOpError(
             node.name, node.op_type, f"attribute '{attr.name}' of type {kind.name} is not supported"
         )
+
+
+# The products' constant weight input, then its block sub-scales and offsets (`_synapses`).
+_WEIGHT_INPUTS = {QMATMUL: (2, 6, 7), SPIKE_MATMUL: (1, 2, 3), INT_MATMUL: (1, 2, 3)}
+
+
+def _integers(value: ir.Value) -> np.ndarray:
+    """An integer initializer's array (INT4 codes as int8), widened to int32."""
+    return value.const_value.numpy().astype(np.int32)
+
+
+def _source_window(product: ir.Node) -> int:
+    """The TTFS window of the codes a ``SpikeMatMul`` reads (0 when no quantizer makes them)."""
+    source = product.inputs[0].producer()
+    if source is None or "bits" not in source.attributes:
+        return 0
+    if "window" in source.attributes:
+        return source.attributes["window"].value
+    return ka.window(source.attributes["bits"].value, bool(source.attributes["signed"].value))
 
 
 def _is_linear(node: ir.Node) -> bool:

@@ -14,6 +14,7 @@ name) and what it did (spikes, accumulates, membrane updates, threshold comparis
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -76,148 +77,163 @@ class KirinModule(torch.nn.Module):
 
 
 class ActQuant(KirinModule):
-    """``ActQuant(X, [spike_scale], [outlier_mask], [outlier_scale])``: 4-bit codes of the spike
-    matrix and 8-bit codes of the outliers, with their scales (``docs/kirin_ops.md``)."""
+    """``ActQuant(X, [spike_scale], [outlier_mask], [outlier_scale])``: the codes of the spike
+    matrix (times their block gains) and the 8-bit codes of the outliers, with their scales
+    (``docs/kirin_ops.md``; the math is `arithmetic.split_activation`)."""
+
+    def __init__(self, name: str, attributes: dict, mode: Mode, probe: Probe) -> None:
+        super().__init__(name, attributes, mode, probe)
+        a = attributes
+        self.spec = ka.ActivationSpec(
+            bits=a["bits"], signed=bool(a["signed"]), axis=a["axis"],
+            outliers=a.get("outliers", "none"), count=a.get("outlier_count", 0),
+            group=a.get("group", 0), gain_bits=a.get("gain_bits", 0), clip=a.get("clip", 1.0),
+        )
 
     def forward(self, x, spike_scale=None, outlier_mask=None, outlier_scale=None):
-        a = self.attributes
-        axis, outliers = a["axis"], a.get("outliers", "none")
+        a, spec = self.attributes, self.spec
         if self.mode == "float":
-            self.probe.observe(self.node, x, axis)
+            self.probe.observe(self.node, x, spec.axis)
             one = torch.ones((), dtype=x.dtype)
-            return (x, one) if outliers == "none" else (x, one, torch.zeros_like(x), one)
+            return (x, one) if spec.outliers == "none" else (x, one, torch.zeros_like(x), one)
         if a.get("scale", "token") == "static" and spike_scale is None:
             raise KirinError(
                 f"node '{self.node}': its static scale is not calibrated yet; run outlier-detect"
             )
-        lo, hi = ka.code_range(a["bits"], bool(a["signed"]))
         if self.counting:  # the division, and the scale's maximum unless it is static
             self.probe.count(self.node, float_ops=(1 if spike_scale is not None else 2) * x.numel())
-        # unsigned codes: only positive values count (negative ones get code 0), no |x| needed
-        magnitude = x if lo == 0 else x.abs()
-        mask, rest = self._outlier_mask(magnitude, outlier_mask)
-        if mask is None:
-            if spike_scale is None:
-                spike_scale = ka.guard(magnitude.amax(dim=axis, keepdim=True).clamp_(min=0) / hi)
-            return self.spike_codes(x / spike_scale, lo=lo, hi=hi), spike_scale
-        if spike_scale is None:  # the largest value left to the spikes
-            if rest is None:
-                rest = magnitude.masked_fill(mask, 0.0).amax(dim=axis, keepdim=True)
-            spike_scale = ka.guard(rest.clamp(min=0) / hi)
-        if outlier_scale is None:  # a token's largest |x| is always one of its outliers
-            largest = magnitude if outliers == "token" else magnitude.masked_fill(~mask, 0.0)
-            outlier_scale = ka.guard(largest.amax(dim=axis, keepdim=True).clamp_(min=0) / 127)
-        # one division and one rounding: each value by the scale of its path
-        ratio = x / torch.where(mask, outlier_scale, spike_scale)
-        rounded = ka.round_codes(ratio, lo)
-        codes = self.spike_codes(ratio, rounded, mask, lo, hi)
-        outlier_codes = rounded.masked_fill_(~mask, 0.0).clamp_(0 if lo == 0 else -127, 127)
+        split = ka.split_activation(x, spec, spike_scale, outlier_mask, outlier_scale)
+        codes = self.spike_codes(split)
+        if split.mask is None:
+            return codes, split.spike_scale
+        _, outlier_codes = ka.activation_codes(split, spec)
         self.probe.integers(self.node, "outlier-codes", outlier_codes)
-        return codes, spike_scale, outlier_codes, outlier_scale
+        return codes, split.spike_scale, outlier_codes, split.outlier_scale
 
-    def spike_codes(self, ratio, rounded=None, mask=None, lo=0, hi=0):
-        """The spike matrix's codes from ``ratio = x / s`` (``rounded``: ``R(ratio)``, when
-        already computed; ``mask``: the outliers, whose spike codes are zero)."""
-        if rounded is None:
-            rounded = ka.round_codes(ratio, lo)
-        codes = rounded.masked_fill(mask, 0.0) if mask is not None else rounded
-        codes = codes.clamp_(lo, hi)
+    def spike_codes(self, split: ka.Split) -> torch.Tensor:
+        """The codes the products read: the spike codes times their block gains."""
+        codes = ka.with_gains(ka.activation_codes(split, self.spec)[0], split.gains)
         self.probe.integers(self.node, "codes", codes)
         return codes
-
-    def _outlier_mask(self, magnitude, static_mask):
-        """The outliers' mask, and the largest magnitude left out when it comes for free."""
-        a = self.attributes
-        outliers = a.get("outliers", "none")
-        if outliers == "token":
-            return ka.token_outliers(magnitude, a["axis"], a["outlier_count"])
-        if outliers == "static":
-            return static_mask.expand(magnitude.shape), None
-        return None, None
 
 
 class TTFSEncoder(ActQuant):
     """``TTFSEncoder``: an ``ActQuant`` whose spike codes are fired by TTFS neurons.
 
-    In the snn mode each neuron's normalized membrane is ``x / s`` (its input is complete when
-    its window opens) and `arithmetic.fire` runs the threshold schedule over ``window`` steps:
-    output 0 is the spike train, from which `spike_codes` recovers exactly the qann codes."""
+    In the snn mode each neuron's normalized membrane is its ``ratio`` (``x / (gain * s_N)``:
+    its input is complete when its window opens) and `arithmetic.fire` runs the threshold
+    schedule over ``window`` steps. Output 0 is the spike train; a spike carries its block's
+    gain (a graded spike) when the quantizer has gains, so that `spike_codes` recovers exactly
+    the qann codes."""
 
-    def spike_codes(self, ratio, rounded=None, mask=None, lo=0, hi=0):
+    def spike_codes(self, split: ka.Split) -> torch.Tensor:
+        steps = self.attributes["window"]
         if self.mode != "snn":
-            codes = super().spike_codes(ratio, rounded, mask, lo, hi)
+            codes, _ = ka.activation_codes(split, self.spec)
             if self.counting:
-                _report_codes(self.probe, self.node, codes, self.attributes["window"])
+                _report_codes(self.probe, self.node, codes, steps)
+            codes = ka.with_gains(codes, split.gains)
+            self.probe.integers(self.node, "codes", codes)
             return codes
-        if mask is not None:
-            ratio = ratio.masked_fill(mask, 0.0)
-        steps, count = self.attributes["window"], self.probe.counts_operations
-        train, comparisons = ka.fire(ratio, steps, lo, count=count)
+        ratio = split.ratio if split.mask is None else split.ratio.masked_fill(split.mask, 0.0)
+        lo = ka.code_range(self.spec.bits, self.spec.signed)[0]
+        train, comparisons = ka.fire(ratio, steps, lo, count=self.probe.counts_operations)
+        if split.gains is not None:
+            train = ka.with_gains(train, split.gains.to(torch.int8))
         _report_spikes(self.probe, self.node, train, comparisons)
         return train
 
 
-class QMatMul(KirinModule):
-    """``QMatMul(codes, scale, weight_codes, weight_scale, [outlier_codes, outlier_scale])``:
-    the quantized product of section 3, before it is split into spike and integer paths."""
+class _Product(KirinModule):
+    """A product of codes with a weight: a linear one's synapses (`arithmetic.synapses`, from
+    the weight codes and the optional block sub-scales and offsets) or an attention product's
+    right operand. ``constant`` (set by the lowering for a linear product, whose synapses it
+    makes once) keeps the weights' column energies (`arithmetic.column_energy`) from call to
+    call."""
 
-    def forward(self, codes, scale, weights, weight_scale, outlier_codes=None, outlier_scale=None):
+    constant = False
+
+    def __init__(self, name: str, attributes: dict, mode: Mode, probe: Probe) -> None:
+        super().__init__(name, attributes, mode, probe)
+        self._energy: dict[int, torch.Tensor] = {}
+
+    def synapses(self, weights, block_scale=None, block_offset=None) -> torch.Tensor:
+        group = self.attributes.get("group", 0)
+        return ka.synapses(weights, block_scale, block_offset, group)
+
+    def product(self, codes, synapses, sparse=False) -> torch.Tensor:
+        """The exact integer product (`arithmetic.integer_matmul`)."""
+        energy = functools.partial(self._column_energy, synapses) if self.constant else None
+        return ka.integer_matmul(codes, synapses, sparse, energy)
+
+    def _column_energy(self, synapses: torch.Tensor, parts: int) -> torch.Tensor:
+        if parts not in self._energy:
+            self._energy[parts] = ka.column_energy(synapses, parts)
+        return self._energy[parts]
+
+
+class QMatMul(_Product):
+    """``QMatMul(codes, scale, weight_codes, weight_scale, [outlier_codes, outlier_scale],
+    [block_scale], [block_offset])``: the quantized product of section 3, before it is split
+    into spike and integer paths."""
+
+    def forward(self, codes, scale, weights, weight_scale, outlier_codes=None, outlier_scale=None,
+                block_scale=None, block_offset=None):
         if self.mode == "snn":
             raise KirinError(
                 f"node '{self.node}': the snn mode needs spiking products; run "
                 "spike-matrix-hybridize and threshold-insert"
             )
-        group, bound = self.attributes.get("group", 0), self.attributes.get("bound")
+        synapses = self.synapses(weights, block_scale, block_offset)
         if self.mode == "float":
-            return ka.rescale(ka.float_matmul(codes, weights, group), scale, weight_scale, group=group, reuse=True)
-        spike_acc = ka.integer_matmul(codes, weights, group, bound)
+            return ka.rescale(ka.float_matmul(codes, synapses), scale, weight_scale, reuse=True)
+        spike_acc = self.product(codes, synapses)
         int_acc = None
         if outlier_codes is not None:
-            int_acc = ka.integer_matmul(outlier_codes, weights, group, bound)
-        return ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, group, reuse=True)
+            int_acc = self.product(outlier_codes, synapses, sparse=True)
+        return ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, reuse=True)
 
 
-class SpikeMatMul(KirinModule):
-    """``SpikeMatMul(spikes, weight_codes) -> V``: the spike path's accumulators.
+class SpikeMatMul(_Product):
+    """``SpikeMatMul(spikes, weight_codes, [block_scale], [block_offset]) -> V``: the spike
+    path's accumulators.
 
-    qann: ``V = qN @ Wq``. snn: `arithmetic.integrate_spikes` over the input spike train. With
+    qann: ``V = q @ W``. snn: `arithmetic.integrate_spikes` over the input spike train. With
     ``trajectory`` set (its consumer is a neuron without a silent phase) the snn mode returns
-    the membrane at every step, ``[T, ...]``, instead of the final one."""
+    the membrane at every step, ``[T, ...]``, instead of the final one. ``window`` is the input
+    window ``T`` (the qann mode's bound on membrane updates needs it)."""
 
     trajectory = False
+    window = 0
 
-    def forward(self, spikes, weights):
-        group, bound = self.attributes.get("group", 0), self.attributes.get("bound")
+    def forward(self, spikes, weights, block_scale=None, block_offset=None):
+        synapses = self.synapses(weights, block_scale, block_offset)
         if self.mode == "float":
-            return ka.float_matmul(spikes, weights, group)
+            return ka.float_matmul(spikes, synapses)
+        fan_out = weights.shape[-1]
         if self.mode == "qann":
-            acc = ka.integer_matmul(spikes, weights, group, bound)
+            acc = self.product(spikes, synapses)
             self.probe.integers(self.node, "accumulator", acc)
             if self.counting:  # from the codes: each non-zero code is one spike
-                fan_out = weights.shape[-1]
                 self.probe.count(
                     self.node, accumulates=int(torch.count_nonzero(spikes)) * fan_out,
-                    membrane_updates=_membrane_update_bound(spikes, group) * fan_out,
+                    membrane_updates=_membrane_update_bound(spikes, self.window) * fan_out,
                 )
             return acc
-        result = ka.integrate_spikes(
-            spikes, weights, group, bound, self.trajectory, self.probe.counts_operations
-        )
+        result = ka.integrate_spikes(spikes, synapses, self.trajectory, self.probe.counts_operations)
         self.probe.integers(self.node, "accumulator", result.membrane)
-        self.probe.count(
-            self.node, accumulates=result.spikes * weights.shape[-1], membrane_updates=result.updates,
-        )
+        self.probe.count(self.node, accumulates=result.spikes * fan_out, membrane_updates=result.updates)
         return result.trajectory if self.trajectory else result.membrane
 
 
-class IntMatMul(KirinModule):
-    """``IntMatMul(outlier_codes, weight_codes) -> U``: the integer path, multiply-accumulates."""
+class IntMatMul(_Product):
+    """``IntMatMul(outlier_codes, weight_codes, [block_scale], [block_offset]) -> U``: the
+    integer path, multiply-accumulates (over the channels that carry outliers)."""
 
-    def forward(self, codes, weights):
-        group = self.attributes.get("group", 0)
+    def forward(self, codes, weights, block_scale=None, block_offset=None):
         if self.mode == "float":  # float activations carry no outliers: U = 0
-            return torch.zeros(ka.product_shape(codes.shape, weights.shape, group))
-        acc = ka.integer_matmul(codes, weights, group, self.attributes.get("bound"))
+            return torch.zeros(ka.product_shape(codes.shape, weights.shape))
+        acc = self.product(codes, self.synapses(weights, block_scale, block_offset), sparse=True)
         self.probe.integers(self.node, "accumulator", acc)
         if self.counting:
             self.probe.count(self.node, int_macs=int(codes.count_nonzero()) * weights.shape[-1])
@@ -232,11 +248,9 @@ class Rescale(KirinModule):
     reuse = False
 
     def forward(self, spike_acc, scale, weight_scale, int_acc=None, outlier_scale=None):
-        group = self.attributes.get("group", 0)
         if self.counting:
             self.probe.count(self.node, float_ops=spike_acc.numel() * (2 if int_acc is None else 4))
-        y = ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, group, reuse=self.reuse)
-        return y
+        return ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, reuse=self.reuse)
 
 
 class TTFSNeuron(KirinModule):
@@ -249,10 +263,9 @@ class TTFSNeuron(KirinModule):
     def forward(self, spike_acc, scale, weight_scale, int_acc, outlier_scale, bias,
                 out_scale, out_mask=None, out_outlier_scale=None):
         a = self.attributes
-        group = a.get("group", 0)
         trajectory = self.mode == "snn" and not a["silent"]
         final = spike_acc[-1] if trajectory else spike_acc
-        y = self._value(final, scale, weight_scale, int_acc, outlier_scale, bias, group)
+        y = self._value(final, scale, weight_scale, int_acc, outlier_scale, bias)
         mask = None if out_mask is None else out_mask.expand(y.shape)
         if self.mode == "float":
             y = torch.relu(y)
@@ -269,7 +282,7 @@ class TTFSNeuron(KirinModule):
                 _report_codes(self.probe, self.node, codes, a["window"])
         else:
             if trajectory:
-                values = self._value(spike_acc, scale, weight_scale, int_acc, outlier_scale, bias, group)
+                values = self._value(spike_acc, scale, weight_scale, int_acc, outlier_scale, bias)
                 membrane = (values if mask is None else values.masked_fill(mask, 0.0)) / out_scale
             else:
                 membrane = spikes / out_scale
@@ -281,13 +294,13 @@ class TTFSNeuron(KirinModule):
             self.probe.integers(self.node, "codes", codes)
         if mask is None:
             return codes, out_scale
-        outlier_codes = ka.quantize(torch.where(mask, y, 0.0), out_outlier_scale, 0, 127)
+        outlier_codes = ka.quantize(torch.where(mask, y, 0.0), out_outlier_scale, 0, ka.OUTLIER_TOP)
         self.probe.integers(self.node, "outlier-codes", outlier_codes)
         return codes, out_scale, outlier_codes, out_outlier_scale
 
     @staticmethod
-    def _value(spike_acc, scale, weight_scale, int_acc, outlier_scale, bias, group):
-        y = ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale, group)
+    def _value(spike_acc, scale, weight_scale, int_acc, outlier_scale, bias):
+        y = ka.rescale(spike_acc, scale, weight_scale, int_acc, outlier_scale)
         return y if bias is None else y + bias
 
 
@@ -309,15 +322,16 @@ def _report_codes(probe: Probe, node: str, codes: torch.Tensor, steps: int) -> N
     probe.count(node, spikes=int(torch.count_nonzero(codes)), comparisons=comparisons, neurons=codes.numel())
 
 
-def _membrane_update_bound(codes: torch.Tensor, group: int) -> int:
+def _membrane_update_bound(codes: torch.Tensor, window: int) -> int:
     """Membrane updates per output neuron, summed over tokens, from the codes: a neuron's
     membrane changes from the step after its token's first input spike (``max |q|`` steps
     before the window's end) to the end. An upper bound of what the snn mode measures: a
-    current that is exactly zero (zero weights, cancelling spikes) changes nothing there."""
-    magnitude = codes.abs()
-    if group:
-        magnitude = magnitude.unflatten(-1, (-1, group))
-    return int(magnitude.amax(dim=-1).sum())
+    current that is exactly zero (zero weights, cancelling spikes) changes nothing there.
+    Codes times block gains can pass the window; a spike code is at most ``window - 1``."""
+    magnitude = codes.abs().amax(dim=-1)
+    if window:
+        magnitude = magnitude.clamp_(max=window - 1)
+    return int(magnitude.sum())
 
 
 MODULES: dict[str, type[KirinModule]] = {

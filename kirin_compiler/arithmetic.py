@@ -2,7 +2,7 @@
 
 Everything here follows ``docs/arithmetic.md``. Codes and integer accumulators are held in
 float32 tensors; every sum of integers is exact while it stays below 2^24, and the products
-switch to float64 when a product's bound could pass it. The float parts have one fixed order of
+switch to float64 when a product's partial sums could pass it. The float parts have one fixed order of
 evaluation (`rescale`, then the division by the output step that gives a neuron's normalized
 membrane) that the integer reference (``qann``) and the time-stepped network (``snn``) share,
 so the two modes agree bit for bit once their integers do.
@@ -21,12 +21,14 @@ the comparison a neuron makes (``floor(r + 1/2)`` is not exact: it rounds ``0.5 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 
 EXACT_FLOAT32 = 2**24  # integers up to this magnitude are exact in float32
+OUTLIER_TOP = 127  # 8-bit outlier codes, [-127, 127] ([0, 127] unsigned)
 
 
 def window(bits: int, signed: bool) -> int:
@@ -89,69 +91,261 @@ def guard(scale: torch.Tensor) -> torch.Tensor:
     return torch.where(scale == 0, torch.ones_like(scale), scale)
 
 
-def token_outliers(
-    magnitude: torch.Tensor, axis: int, count: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def outlier_count(fraction: float, channels: int) -> int:
+    """The outliers of a slice of ``channels`` values under a budget of ``fraction``:
+    ``floor(fraction * channels)``, within the budget, but at least one for a non-zero
+    fraction (so a slice of fewer than ``1 / fraction`` values still gets one)."""
+    return max(1, math.floor(fraction * channels)) if fraction > 0 else 0
+
+
+class Outliers(NamedTuple):
+    mask: torch.Tensor  # the chosen values
+    rest: torch.Tensor  # the largest magnitude left out (size 1 along the axis)
+    largest: torch.Tensor  # the largest magnitude (size 1 along the axis)
+
+
+def token_outliers(magnitude: torch.Tensor, axis: int, count: int) -> Outliers:
     """The ``count`` largest of the magnitudes ``|x|`` in every slice along ``axis``, zeros
-    excepted, as a boolean mask; and the largest magnitude left out (size 1 along ``axis``).
+    excepted, as a boolean mask; the largest magnitude left out and the largest one.
 
     Ties at the ``count``-th value go to the lower indices, so the choice is a function of the
     values alone (``topk`` gives the threshold value, which is unique, not the positions)."""
     width = magnitude.shape[axis]
     count = min(count, width)
     if count <= 0:
-        return torch.zeros(magnitude.shape, dtype=torch.bool), magnitude.amax(dim=axis, keepdim=True)
+        largest = magnitude.amax(dim=axis, keepdim=True)
+        return Outliers(torch.zeros(magnitude.shape, dtype=torch.bool), largest, largest)
     top = magnitude.topk(min(count + 1, width), dim=axis).values  # sorted, largest first
+    largest = top.narrow(axis, 0, 1)
     threshold = top.narrow(axis, count - 1, 1).clone()
     # a zero is never an outlier: the threshold is at least the smallest positive float
     threshold.clamp_(min=torch.nextafter(torch.zeros(()), torch.ones(())).item())
     chosen = magnitude >= threshold
-    if bool((chosen.sum(dim=axis) <= count).all()):  # no tie at the threshold (the common case)
-        if count == width:
-            return chosen, torch.zeros_like(threshold)
-        # the rest's largest is the next value (zero where fewer than count were positive)
-        return chosen, top.narrow(axis, count, 1)
+    if count == width:
+        return Outliers(chosen, torch.zeros_like(threshold), largest)
+    following = top.narrow(axis, count, 1)  # the largest value left out, unless it ties
+    if bool((following < threshold).all()):  # no tie across the threshold (the common case)
+        return Outliers(chosen, following, largest)
     above = magnitude > threshold
     tied = chosen.logical_and_(above.logical_not())
     room = count - above.sum(dim=axis, keepdim=True)
     mask = above | (tied & (tied.cumsum(dim=axis) <= room))
-    return mask, magnitude.masked_fill(mask, 0.0).amax(dim=axis, keepdim=True)
+    return Outliers(mask, magnitude.masked_fill(mask, 0.0).amax(dim=axis, keepdim=True), largest)
+
+
+# Activations ------------------------------------------------------------------------------------
+
+
+class ActivationSpec(NamedTuple):
+    """How an activation quantizer codes its input (the attributes of ``ActQuant``)."""
+
+    bits: int
+    signed: bool
+    axis: int = -1
+    outliers: str = "none"  # "none", "token" (the count largest per slice) or "static" (a mask)
+    count: int = 0
+    group: int = 0  # channels per block with its own gain (0: none)
+    gain_bits: int = 0  # gains 1 .. 2^gain_bits - 1
+    clip: float = 1.0
+
+    @property
+    def gain_max(self) -> int:
+        return 2**self.gain_bits - 1 if self.group and self.gain_bits else 1
+
+
+class Split(NamedTuple):
+    """An activation split into its two paths, before rounding.
+
+    ``ratio`` is what the neurons compare and the codes round: ``x / (gain * s_N)`` on the
+    spike path (the outliers' places hold ``x / s_O``); ``gains`` (``[..., blocks, 1]``,
+    integers ``1..A``, or None) multiply the spike codes into the codes the products read
+    (`with_gains`)."""
+
+    ratio: torch.Tensor
+    mask: torch.Tensor | None
+    gains: torch.Tensor | None
+    spike_scale: torch.Tensor
+    outlier_scale: torch.Tensor | None
+
+
+def split_activation(
+    x: torch.Tensor,
+    spec: ActivationSpec,
+    spike_scale: torch.Tensor | None = None,
+    static_mask: torch.Tensor | None = None,
+    outlier_scale: torch.Tensor | None = None,
+) -> Split:
+    """The math of ``ActQuant`` up to the rounding (``docs/arithmetic.md``, section 2).
+
+    Outliers: the ``count`` largest ``|x|`` of each slice along ``axis`` (``outliers="token"``),
+    or the channels of ``static_mask``; their scale is ``max |x| / 127`` of the slice (or the
+    given static one). The rest is the spike matrix, whose scale is ``s_N = clip * max|rest| /
+    hi`` per slice unless a static ``spike_scale`` is given. With gains (``group`` and
+    ``gain_bits``), ``s_N`` is divided by ``A = 2^gain_bits - 1`` and every block of ``group``
+    channels gets the smallest gain ``a`` in ``1..A`` with ``clip * max_block |rest| <= a * hi *
+    s_N``: its values are coded on the step ``a * s_N``, as fine as the block needs."""
+    lo, hi = code_range(spec.bits, spec.signed)
+    axis = spec.axis
+    # unsigned codes: only positive values count (negative ones get code 0), no |x| needed
+    magnitude = x if lo == 0 else x.abs()
+    rest_max = largest = mask = None
+    if spec.outliers == "token":
+        mask, rest_max, largest = token_outliers(magnitude, axis, spec.count)
+    elif spec.outliers == "static":
+        mask = static_mask.expand(magnitude.shape)
+    gains = None
+    if spike_scale is None:
+        rest = magnitude if mask is None else magnitude.masked_fill(mask, 0.0)
+        if spec.gain_max > 1:
+            blocks = rest.unflatten(-1, (-1, spec.group)).amax(dim=-1).clamp_(min=0)  # [..., G]
+            spike_scale = guard(blocks.amax(dim=-1, keepdim=True) * (spec.clip / (hi * spec.gain_max)))
+            gains = (blocks * spec.clip).div_(spike_scale * hi).ceil_().clamp_(1, spec.gain_max)
+            gains = gains.unsqueeze(-1)  # [..., G, 1]: per block, over the block's channels
+        else:
+            if rest_max is None:
+                rest_max = rest.amax(dim=axis, keepdim=True)
+            spike_scale = guard(rest_max.clamp(min=0) * (spec.clip / hi))
+    step = spike_scale if gains is None else gains * spike_scale.unsqueeze(-1)
+    if mask is not None and outlier_scale is None:  # a token's largest |x| is an outlier
+        if largest is None:
+            largest = magnitude.masked_fill(~mask, 0.0).amax(dim=axis, keepdim=True)
+        outlier_scale = guard(largest.clamp(min=0) / OUTLIER_TOP)
+    if gains is not None:  # the blocks' view: [..., G, g]
+        blocked = x.unflatten(-1, (-1, spec.group))
+        if mask is None:
+            ratio = (blocked / step).flatten(-2)
+        else:
+            scale = torch.where(mask.unflatten(-1, (-1, spec.group)), outlier_scale.unsqueeze(-1), step)
+            ratio = (blocked / scale).flatten(-2)
+    elif mask is None:
+        ratio = x / step
+    else:  # one division: each value by the step of its path
+        ratio = x / torch.where(mask, outlier_scale, step)
+    return Split(ratio, mask, gains, spike_scale, outlier_scale)
+
+
+def with_gains(codes: torch.Tensor, gains: torch.Tensor | None) -> torch.Tensor:
+    """``codes`` (or a spike train ``[T, ..., K]``) times their blocks' gains, in place."""
+    if gains is None:
+        return codes
+    return codes.unflatten(-1, (gains.shape[-2], -1)).mul_(gains).flatten(-2)
+
+
+def activation_codes(split: Split, spec: ActivationSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The spike codes ``q`` (0 at outliers; before their gains) and the 8-bit outlier codes of
+    a `Split` (the ``qann`` view; the ``snn`` view fires ``ratio`` instead)."""
+    lo, hi = code_range(spec.bits, spec.signed)
+    rounded = round_codes(split.ratio, lo)
+    if split.mask is None:
+        return rounded.clamp_(lo, hi), None
+    codes = rounded.masked_fill(split.mask, 0.0).clamp_(lo, hi)
+    outlier_codes = rounded.masked_fill_(~split.mask, 0.0).clamp_(-OUTLIER_TOP if lo else 0, OUTLIER_TOP)
+    return codes, outlier_codes
+
+
+def dequantize_activation(split: Split, spec: ActivationSpec) -> torch.Tensor:
+    """The value the codes of a `Split` stand for: ``gain * q * s_N + qO * s_O``."""
+    codes, outlier_codes = activation_codes(split, spec)
+    value = with_gains(codes, split.gains).mul_(split.spike_scale)
+    return value if outlier_codes is None else value.add_(outlier_codes.mul_(split.outlier_scale))
 
 
 # Integer products and rescaling ----------------------------------------------------------------
 
 
-def integer_matmul(
-    codes: torch.Tensor, weights: torch.Tensor, group: int = 0, bound: float | None = None
+def exact_chunks(
+    codes: torch.Tensor, weights: torch.Tensor, energy: Callable[[int], torch.Tensor] | None = None
+) -> int | None:
+    """How many equal parts the sum over ``k`` of ``codes @ weights`` must be cut into for
+    float32 to hold every partial sum of each part exactly; None when float64 is needed.
+
+    A partial sum of ``c[m, k] * w[k, n]`` over any subset of a part is at most
+    ``||c[m, part]||_2 * ||w[part, n]||_2`` in magnitude (Cauchy-Schwarz): each part's largest
+    row norm times its largest column norm must stay below 2^24 (with a margin for the float32
+    norms). Parts are tried in powers of two, down to 16 channels each. ``energy(parts)``
+    gives the weights' largest squared column norm per part (`column_energy`; a constant
+    weight's is computed once)."""
+    depth = codes.shape[-1]
+    if codes.numel() == 0 or weights.numel() == 0:
+        return 1
+    rows = codes.reshape(-1, depth).float().square()
+    parts = 1
+    while depth % parts == 0 and depth // parts >= 16:
+        row_energy = rows.view(len(rows), parts, -1).sum(dim=-1).amax(dim=0)  # [parts]
+        column_energy_ = energy(parts) if energy is not None else column_energy(weights, parts)
+        if float((row_energy * column_energy_).max()) * 1.002 < float(EXACT_FLOAT32) ** 2:
+            return parts
+        parts *= 2
+    return None
+
+
+def column_energy(weights: torch.Tensor, parts: int) -> torch.Tensor:
+    """The largest squared column norm of ``weights[..., K, N]`` in each of ``parts`` equal
+    parts of ``K``: a tensor ``[parts]``."""
+    depth, columns = weights.shape[-2], weights.shape[-1]
+    squares = weights.float().square().reshape(-1, parts, depth // parts, columns)
+    return squares.sum(dim=2).amax(dim=(0, 2))
+
+
+def synapses(
+    codes: torch.Tensor,
+    block_scale: torch.Tensor | None = None,
+    block_offset: torch.Tensor | None = None,
+    group: int = 0,
+    kind: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """``codes @ weights`` of integer codes, exactly, as float32 (float64 where ``bound``, the
-    largest product of two codes, times the depth could leave float32's exact integers).
-
-    A linear product (a two-dimensional weight, no groups) runs as an int8 x int8 product with
-    int32 accumulators (`torch._int_mm`): exact, and about four times faster than float32 on
-    these CPUs. With ``group > 0`` the ``K`` input channels form blocks of ``group`` rows, each
-    with its own accumulator: the result has a group axis before the last, ``[..., M, K/group,
-    N]``. Attention products (batched operands) multiply in float.
-    """
-    depth = group or codes.shape[-1]
-    wide = bound is not None and bound * depth >= EXACT_FLOAT32
-    kind = torch.float64 if wide else torch.float32
-    if not group and weights.dim() == 2:
-        rows = to_int8(codes.reshape(-1, codes.shape[-1]))
-        product = torch._int_mm(rows, to_int8(weights))  # int32 sums: exact
-        return product.to(kind).reshape(*codes.shape[:-1], weights.shape[-1])
-    return float_matmul(widen(codes, kind), weights, group)
+    """The integer synaptic weights ``w = r * Wq + z`` of a weight's codes ``Wq[K, N]`` with
+    integer sub-scales ``r`` and offsets ``z`` per block of ``group`` input rows (``[K/group, N]``;
+    one block of ``K`` rows when ``group`` is 0), as floats of ``kind``. Without them ``w = Wq``."""
+    weights = widen(codes, kind)
+    if block_scale is None and block_offset is None:
+        return weights
+    rows, columns = weights.shape
+    blocks = weights.view(-1, group or rows, columns)  # [G, g, N]
+    if block_scale is not None:
+        blocks = blocks * widen(block_scale, kind).unsqueeze(1)
+    if block_offset is not None:
+        blocks = blocks + widen(block_offset, kind).unsqueeze(1)
+    return blocks.view(rows, columns)
 
 
-def float_matmul(x: torch.Tensor, weights: torch.Tensor, group: int = 0) -> torch.Tensor:
-    """``x @ weights`` in ``x``'s float type, weights widened to it (with ``group``, one
-    product per block of ``group`` input rows: ``[..., M, K/group, N]``)."""
-    weights = widen(weights, x.dtype)
-    if group:
-        blocks = x.shape[-1] // group
-        grouped = x.unflatten(-1, (blocks, group))  # [..., M, G, g]
-        return torch.einsum("...mgk,gkn->...mgn", grouped, weights.view(blocks, group, -1))
-    return x @ weights
+def integer_matmul(
+    codes: torch.Tensor,
+    weights: torch.Tensor,
+    sparse: bool = False,
+    energy: Callable[[int], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``codes @ weights`` of integers, exactly (float products of integers are exact while
+    every partial sum is, in any order): float32 products of the parts `exact_chunks` finds,
+    added in float64, or one float64 product.
+
+    ``weights`` is a linear product's synapses (`synapses`) or an attention product's right
+    operand. With ``sparse`` (the outlier codes: a few per row), when fewer than half the input
+    channels are non-zero in some row only those are multiplied: the same integers, for less
+    work."""
+    depth = codes.shape[-1]
+    if sparse and weights.dim() == 2:
+        used = codes.reshape(-1, depth).any(dim=0).nonzero().squeeze(1)
+        if 2 * len(used) < depth:
+            codes, weights = codes.index_select(-1, used), weights.index_select(0, used)
+            depth, energy = len(used), None
+    parts = exact_chunks(codes, weights, energy)
+    if parts is None:
+        return widen(codes, torch.float64) @ widen(weights, torch.float64)
+    codes, weights = widen(codes), widen(weights)
+    if parts == 1:
+        return codes @ weights
+    size = depth // parts
+    total = None
+    for start in range(0, depth, size):
+        part = (codes[..., start : start + size] @ weights[..., start : start + size, :]).double()
+        total = part if total is None else total.add_(part)
+    return total
+
+
+def float_matmul(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``x @ weights`` in ``x``'s float type, weights widened to it (the ``float`` mode)."""
+    return x @ widen(weights, x.dtype)
 
 
 def rescale(
@@ -160,25 +354,26 @@ def rescale(
     weight_scale: torch.Tensor,
     int_acc: torch.Tensor | None = None,
     int_scale: torch.Tensor | None = None,
-    group: int = 0,
     reuse: bool = False,
 ) -> torch.Tensor:
-    """``Y = s_w * (s_N * V + s_O * U)``, or with groups ``s_N * sum_g s_w[g] V[g] + s_O * ...``.
+    """``Y = ((s_N * V) + (s_O * U)) * s_w`` in float32, evaluated in this order.
 
-    The one order of evaluation of the float part: both modes call this on their integers.
-    Accumulators widened to float64 (`integer_matmul`) are rescaled in float64, and the result
-    rounded to float32 once. With ``reuse``, the accumulators' memory holds the result (the
-    same operations, in place: the caller no longer needs them)."""
-    if group:
-        spike = spike_scale * (weight_scale * spike_acc).sum(dim=-2)
-        if int_acc is not None:
-            spike = spike.add_(int_scale * (weight_scale * int_acc).sum(dim=-2))
-    else:
-        spike = spike_acc.mul_(spike_scale) if reuse else spike_acc * spike_scale
-        if int_acc is not None:
-            spike = spike.add_(int_acc.mul_(int_scale) if reuse else int_acc * int_scale)
-        spike = spike.mul_(weight_scale)
-    return spike.float()
+    The one order of evaluation of the float part: both modes call this on their integers, so
+    their outputs agree bit for bit once the integers do (an accumulator held in float64 is
+    first rounded to float32, a function of its integer alone). With ``reuse``, the
+    accumulators' memory holds the result (the same operations, in place: the caller no longer
+    needs them)."""
+    spike = _scaled(spike_acc, spike_scale, reuse)
+    if int_acc is not None:
+        spike = spike.add_(_scaled(int_acc, int_scale, reuse))
+    return spike.mul_(weight_scale)
+
+
+def _scaled(acc: torch.Tensor, scale: torch.Tensor, reuse: bool) -> torch.Tensor:
+    """``acc * scale`` in float32; in ``acc``'s memory with ``reuse`` when it is float32."""
+    if acc.dtype != torch.float32:
+        return acc.float().mul_(scale)  # a new tensor anyway
+    return acc.mul_(scale) if reuse else acc * scale
 
 
 # The spiking view ---------------------------------------------------------------------------------
@@ -245,30 +440,25 @@ class Integration(NamedTuple):
 
 
 def integrate_spikes(
-    train: torch.Tensor,
-    weights: torch.Tensor,
-    group: int = 0,
-    bound: float | None = None,
-    record: bool = False,
-    count: bool = True,
+    train: torch.Tensor, weights: torch.Tensor, record: bool = False, count: bool = True
 ) -> Integration:
     """Output neurons integrating input spike trains, step by step, with additions only.
 
-    For ``t = 1..T``: ``V[t] = V[t-1] + I[t-1]``, then ``I[t] = I[t-1] + sum of pol_k * W[k, n]
-    over inputs k spiking at t`` (one accumulate per spike and fan-out). A spike at step ``t_k``
-    is counted ``T - t_k = |q_k|`` times, so ``V[T] = sum_k q_k W[k, n]``: the spike path of the
-    integer product. Membrane updates are counted only when ``count`` is set.
+    For ``t = 1..T``: ``V[t] = V[t-1] + I[t-1]``, then ``I[t] = I[t-1] + sum of p_k * W[k, n]
+    over inputs k spiking at t`` (one accumulate per spike and fan-out; ``p_k`` is the spike's
+    polarity, times its block's gain for graded spikes). A spike at step ``t_k`` is counted
+    ``T - t_k = |q_k|`` times, so ``V[T] = sum_k p_k |q_k| W[k, n]``: the spike path of the
+    integer product. ``weights`` are the product's synapses (`synapses`) or an attention
+    product's right operand. Every current and membrane is a partial sum of the integer product,
+    so the float type of `exact_kind` for the codes the train carries keeps them exact. Membrane
+    updates are counted only when ``count`` is set.
     """
     steps = train.shape[0]
-    depth = group or train.shape[-1]
-    wide = bound is not None and bound * depth >= EXACT_FLOAT32
-    kind = torch.float64 if wide else torch.float32
-    linear = not group and weights.dim() == 2
-    # once for the whole window: int8 weights for linear products (int32 currents), else floats
-    weights = to_int8(weights) if linear else widen(weights, kind)
+    kind = torch.float32 if exact_chunks(spike_codes(train), weights) == 1 else torch.float64
+    weights = widen(weights, kind)  # once for the whole window
     spikes = train.reshape(steps, -1).count_nonzero(dim=1).tolist()
-    shape = product_shape(train.shape[1:], weights.shape, group)
-    current = torch.zeros(shape, dtype=torch.int32 if linear else kind)
+    shape = product_shape(train.shape[1:], weights.shape)
+    current = torch.zeros(shape, dtype=kind)
     membrane = torch.zeros_like(current)
     trajectory = []
     updates = 0
@@ -280,46 +470,122 @@ def integrate_spikes(
         if record:
             trajectory.append(membrane)
         if spikes[t]:  # a step without spikes costs no accumulate
-            if linear:
-                arrived = torch._int_mm(train[t].reshape(-1, train.shape[-1]), weights)
-                current.add_(arrived.view(shape))
-            else:
-                current.add_(integer_matmul(train[t], weights, group, bound))
-    trajectory = torch.stack(trajectory).to(kind) if record else None
-    return Integration(membrane.to(kind), trajectory, updates, sum(spikes))
+            current.add_(train[t].to(kind) @ weights)
+    trajectory = torch.stack(trajectory) if record else None
+    return Integration(membrane, trajectory, updates, sum(spikes))
 
 
-def product_shape(codes: torch.Size, weights: torch.Size, group: int) -> tuple[int, ...]:
-    if group:
-        return (*codes[:-1], codes[-1] // group, weights[-1])
+def product_shape(codes: torch.Size, weights: torch.Size) -> tuple[int, ...]:
     batch = torch.broadcast_shapes(codes[:-2], weights[:-2])
     return (*batch, codes[-2], weights[-1])
 
 
 # Weights -------------------------------------------------------------------------------------------
 
+# The clipping search's candidates: fine near 1 (asymmetric groups rarely clip far), coarser below.
+CLIP_CANDIDATES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
+
+
+class WeightCodes(NamedTuple):
+    """A ``[K, N]`` weight as ``W ~ scale * (block_scale * codes + block_offset)``: 4-bit codes,
+    one float scale per output channel, and per block of input rows and channel an integer
+    sub-scale ``r`` and an integer offset ``z`` (`synapses` makes ``r * codes + z``)."""
+
+    codes: np.ndarray  # int8 [K, N]
+    scale: np.ndarray  # float32 [N]
+    block_scale: np.ndarray | None  # uint8 [K/group, N]; None: r = 1
+    block_offset: np.ndarray | None  # int16 [K/group, N] (one block when group is 0); None: z = 0
+
+
+OFFSET_MAX = 2**15 - 1  # block offsets are int16
+
+
+def weight_code_range(bits: int, asymmetric: bool) -> tuple[int, int]:
+    """Weight codes: symmetric ``[-(2^(b-1)-1), 2^(b-1)-1]``, or all ``2^b`` values of a
+    two's-complement ``b``-bit integer, ``[-2^(b-1), 2^(b-1)-1]``, with an offset."""
+    lo, hi = code_range(bits, signed=True)
+    return (lo - 1 if asymmetric else lo), hi
+
 
 def quantize_weight(
-    weight: np.ndarray, bits: int, group: int, clip_search: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric weight codes and scales of a ``[K, N]`` weight: per output channel
-    (``group = 0``, scales ``[N]``) or per block of ``group`` input rows (scales
-    ``[K/group, N]``). With ``clip_search``, each scale is the one among ``c * max|W| / top``,
-    ``c`` in 1.0, 0.9, ..., 0.5, with the least squared error of the dequantized weights."""
-    top = 2 ** (bits - 1) - 1
+    weight: np.ndarray,
+    bits: int,
+    group: int,
+    clip_search: bool,
+    asymmetric: bool = False,
+    subscale_bits: int = 8,
+) -> WeightCodes:
+    """The codes of a ``[K, N]`` weight, per output channel (``group = 0``) or per block of
+    ``group`` input rows, in two steps.
+
+    1. A float grid per block, ``w ~ d * q + o`` with ``q`` in `weight_code_range`. Symmetric:
+       ``d = c * max|W| / top``, ``o = 0``. Asymmetric: the range ``[c * min W, c * max W]`` cut
+       into ``2^b - 1`` steps, ``o`` the value of code 0. With ``clip_search`` each block takes
+       the ``c`` of `CLIP_CANDIDATES` with the least squared error (the largest on a tie),
+       else ``c = 1``. A weight already on such a grid (a Q4_1 model: blocks of 32,
+       ``w = d * u + m``) has its extremes at the grid's ends and is found again at ``c = 1``.
+    2. Integers. One scale per channel, ``s = max_b d / (2^subscale_bits - 1)`` (and at least
+       ``max_b |o| / OFFSET_MAX``), an integer sub-scale ``r = R(d / s)`` and offset
+       ``z = R(o / s)`` per block, and the codes again on the final grid,
+       ``q = clamp(R((W / s - z) / r), lo, hi)``: ``W ~ s * (r * q + z)``. A single block
+       (``group = 0``) keeps ``s = d`` and ``r = 1``: symmetric per-channel weights are plain
+       4-bit synapses, asymmetric ones get an integer zero point.
+    """
+    lo, hi = weight_code_range(bits, asymmetric)
     w = torch.tensor(np.asarray(weight, dtype=np.float32))
     k, n = w.shape
     blocks = w.view(k // group, group, n) if group else w.view(1, k, n)
-    peak = blocks.abs().amax(dim=1, keepdim=True)  # [G, 1, N]
-    best_scale = guard(peak / top)
-    if clip_search:
-        best_error = torch.full_like(peak, float("inf"))
-        for c in np.linspace(1.0, 0.5, 6):
-            scale = guard(peak * float(c) / top)
-            error = ((quantize(blocks, scale, -top, top) * scale - blocks) ** 2).sum(dim=1, keepdim=True)
-            better = error < best_error
-            best_error = torch.where(better, error, best_error)
-            best_scale = torch.where(better, scale, best_scale)
-    codes = quantize(blocks, best_scale, -top, top).view(k, n)
-    scales = best_scale.squeeze(1)
-    return codes.to(torch.int8).numpy(), (scales if group else scales.squeeze(0)).numpy()
+    if asymmetric:
+        top, bottom = blocks.amax(dim=1, keepdim=True), blocks.amin(dim=1, keepdim=True)
+    else:
+        top, bottom = blocks.abs().amax(dim=1, keepdim=True), None
+    best = None
+    for c in CLIP_CANDIDATES if clip_search else (1.0,):
+        candidate = _weight_grid(blocks, top * c, None if bottom is None else bottom * c, lo, hi)
+        if best is None:
+            best = candidate
+            continue
+        better = candidate.error < best.error
+        best = _Grid(*(torch.where(better, new, old) for new, old in zip(candidate, best)))
+    step, offset = best.step, best.offset  # [G, 1, N]
+    if group:
+        scale = step.amax(dim=0) / (2**subscale_bits - 1)
+        if asymmetric:
+            scale = torch.maximum(scale, offset.abs().amax(dim=0) / OFFSET_MAX)
+        scale = guard(scale)
+        block_scale = round_half_away(step / scale).clamp_(0, 2**subscale_bits - 1)
+    else:
+        scale, block_scale = guard(step[0]), None
+    block_offset = round_half_away(offset / scale).clamp_(-OFFSET_MAX, OFFSET_MAX) if asymmetric else None
+    target = blocks / scale - (0.0 if block_offset is None else block_offset)
+    if block_scale is None:
+        codes = quantize(target, torch.ones(()), lo, hi)
+    else:  # a block of step 0 (one value) keeps codes 0: its value is the offset
+        codes = quantize(target, guard(block_scale), lo, hi).masked_fill_(block_scale == 0, 0.0)
+    return WeightCodes(
+        codes.reshape(k, n).to(torch.int8).numpy(),
+        scale.reshape(n).numpy(),
+        None if block_scale is None else block_scale.squeeze(1).to(torch.uint8).numpy(),
+        None if block_offset is None else block_offset.squeeze(1).to(torch.int16).numpy(),
+    )
+
+
+class _Grid(NamedTuple):
+    error: torch.Tensor  # [G, 1, N]
+    step: torch.Tensor  # [G, 1, N]; 0 for a block of one value
+    offset: torch.Tensor  # [G, 1, N]; the value of code 0 (zeros when symmetric)
+
+
+def _weight_grid(blocks, top, bottom, lo, hi) -> _Grid:
+    """The float grid of ``blocks``: symmetric ``[-top, top]`` (``bottom`` None) or asymmetric
+    ``[bottom, top]``, and the squared error of the codes on it."""
+    if bottom is None:
+        step = top / hi
+        offset = torch.zeros_like(step)
+        codes = quantize(blocks, guard(step), lo, hi)
+    else:
+        step = (top - bottom) / (hi - lo)
+        offset = bottom - lo * step  # d * (u + lo) + offset = d * u + bottom
+        codes = quantize(blocks - bottom, guard(step), 0, hi - lo) + lo
+    error = ((codes * step + offset - blocks) ** 2).sum(dim=1, keepdim=True)
+    return _Grid(error, step, offset)

@@ -6,8 +6,13 @@ model in the torch backend's ``float`` mode (activation quantizers are identitie
 quantized) with a progress bar, and records, at the input of every ``ActQuant``, per channel of
 its last axis: the maximum ``|x|`` and the mean ``x^2`` over the batch and token axes.
 
+A pass may also ask for a search (`Search`): for a quantizer, the error of its codes under
+each of several clipping ratios, measured on every `Search.stride`-th token of every run and
+weighted per channel by how much the channel moves the products' outputs.
+
 Statistics are cached on disk, keyed by a SHA-256 of the model (its printed IR and every
-constant's bytes) and of the inputs, so a rerun with the same model and inputs skips the runs.
+constant's bytes), of the inputs and of the searches, so a rerun with the same model and inputs
+skips the runs.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ import onnx_ir as ir
 import torch
 import tqdm
 
+from kirin_compiler import arithmetic
 from kirin_compiler.backends.torch_kirin import Probe
 from kirin_compiler.errors import KirinError
 from kirin_compiler.kirin_ops import ACT_QUANT, is_kirin
 
 _META_KEY = "kirin.calibration"
 KEY_CALIBRATION = "kirin.calibration"  # the provenance in a .kirin file's metadata
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 DEFAULT_CACHE = Path("~/.cache/kirin_compiler/calibration")
 
 
@@ -68,10 +74,31 @@ def tokens(feed: Mapping[str, np.ndarray]) -> int:
 @dataclasses.dataclass
 class ChannelStats:
     """Per-channel statistics of one quantizer's input: ``amax`` and ``mean_square`` have the
-    input's shape with the batch axis and the token axis (-2) reduced to 1."""
+    input's shape with the batch axis and the token axis (-2) reduced to 1. ``errors``: the
+    weighted squared error of the codes for each candidate of the quantizer's `Search`."""
 
     amax: np.ndarray
     mean_square: np.ndarray
+    errors: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """Measure a quantizer's error under each clipping ratio of ``clips``: the sum over the
+    observed tokens of ``importance[k] * (x - dequantized x)^2`` (``importance``: one weight
+    per channel of the last axis, or None for 1), with the codes of ``spec`` and
+    ``ceil(fraction * K)`` outliers per token of ``K`` channels."""
+
+    spec: arithmetic.ActivationSpec
+    fraction: float
+    clips: tuple[float, ...]
+    importance: np.ndarray | None = None
+    stride: int = 4
+
+    def digest(self) -> bytes:
+        text = f"{tuple(self.spec)}|{self.fraction}|{self.clips}|{self.stride}|"
+        weights = b"" if self.importance is None else np.ascontiguousarray(self.importance).tobytes()
+        return text.encode() + hashlib.sha256(weights).digest()
 
 
 def windows(ids: np.ndarray, length: int, count: int) -> list[np.ndarray]:
@@ -101,16 +128,18 @@ def attached(model: ir.Model) -> Calibration:
     return calibration
 
 
-def statistics(model: ir.Model) -> dict[str, ChannelStats]:
-    """The statistics of every ``ActQuant`` input, from the cache or from calibration runs."""
+def statistics(model: ir.Model, searches: Mapping[str, Search] | None = None) -> dict[str, ChannelStats]:
+    """The statistics of every ``ActQuant`` input (and the errors of the ``searches``, by
+    quantizer name), from the cache or from calibration runs."""
     calibration = attached(model)
+    searches = dict(searches or {})
     cache = Path(calibration.cache_dir).expanduser() if calibration.cache_dir else None
-    path = cache / f"{_cache_key(model, calibration)}.npz" if cache else None
+    path = cache / f"{_cache_key(model, calibration, searches)}.npz" if cache else None
     if path is not None and path.is_file():
         return _load(path)
     from kirin_compiler.backends import torch_backend  # the backend imports this package
 
-    probe = _StatsProbe()
+    probe = _StatsProbe(searches)
     quantizers = [n for n in model.graph if is_kirin(n, ACT_QUANT)]
     # the last quantizer's input as the output: nothing after it (the lm_head) runs
     module = torch_backend.lower(model, "float", probe, outputs=quantizers[-1].inputs[:1])
@@ -132,12 +161,17 @@ def statistics(model: ir.Model) -> dict[str, ChannelStats]:
 
 
 class _StatsProbe(Probe):
-    def __init__(self) -> None:
+    def __init__(self, searches: dict[str, Search]) -> None:
         self.amax: dict[str, torch.Tensor] = {}
         self.sum_square: dict[str, torch.Tensor] = {}
         self.rows: dict[str, int] = {}
+        self.searches = searches
+        self.errors: dict[str, torch.Tensor] = {}
 
     def observe(self, node: str, x: torch.Tensor, axis: int) -> None:
+        if node in self.searches:
+            errors = _clip_errors(x, self.searches[node])
+            self.errors[node] = errors + self.errors[node] if node in self.errors else errors
         dims = sorted({0, x.dim() - 2})
         amax = x.abs().amax(dim=dims, keepdim=True)
         square = x.square().sum(dim=dims, keepdim=True).double()  # a run's sum in float32
@@ -151,13 +185,30 @@ class _StatsProbe(Probe):
     def result(self) -> dict[str, ChannelStats]:
         return {
             node: ChannelStats(
-                self.amax[node].numpy(), (self.sum_square[node] / self.rows[node]).float().numpy()
+                self.amax[node].numpy(),
+                (self.sum_square[node] / self.rows[node]).float().numpy(),
+                self.errors[node].numpy() if node in self.errors else None,
             )
             for node in sorted(self.amax)
         }
 
 
-def _cache_key(model: ir.Model, calibration: Calibration) -> str:
+def _clip_errors(x: torch.Tensor, search: Search) -> torch.Tensor:
+    """The weighted squared error of ``x``'s codes for each clip of ``search`` (float64)."""
+    sample = x[..., :: search.stride, :]
+    weights = None if search.importance is None else torch.from_numpy(search.importance)
+    errors = []
+    count = arithmetic.outlier_count(search.fraction, x.shape[-1]) if search.spec.outliers != "none" else 0
+    for clip in search.clips:
+        spec = search.spec._replace(clip=clip, count=count)
+        error = (sample - arithmetic.dequantize_activation(arithmetic.split_activation(sample, spec), spec)).square_()
+        if weights is not None:
+            error = error.mul_(weights)
+        errors.append(error.sum(dtype=torch.float64))
+    return torch.stack(errors)
+
+
+def _cache_key(model: ir.Model, calibration: Calibration, searches: dict[str, Search]) -> str:
     from kirin_compiler.printer import format_model
 
     h = hashlib.sha256(f"kirin-calibration {_CACHE_VERSION}\n".encode())
@@ -168,6 +219,9 @@ def _cache_key(model: ir.Model, calibration: Calibration) -> str:
             h.update(name.encode())
             h.update(tensor.tobytes())
     h.update(calibration.digest().encode())
+    for node in sorted(searches):
+        h.update(node.encode())
+        h.update(searches[node].digest())
     return h.hexdigest()[:32]
 
 
@@ -177,6 +231,8 @@ def _save(path: Path, stats: dict[str, ChannelStats]) -> None:
     for node, s in stats.items():
         arrays[f"{node}|amax"] = s.amax
         arrays[f"{node}|mean_square"] = s.mean_square
+        if s.errors is not None:
+            arrays[f"{node}|errors"] = s.errors
     partial = path.with_suffix(".partial.npz")
     np.savez(partial, **arrays)
     partial.replace(path)
@@ -185,4 +241,7 @@ def _save(path: Path, stats: dict[str, ChannelStats]) -> None:
 def _load(path: Path) -> dict[str, ChannelStats]:
     with np.load(path) as data:
         nodes = sorted({key.split("|")[0] for key in data.files})
-        return {n: ChannelStats(data[f"{n}|amax"], data[f"{n}|mean_square"]) for n in nodes}
+        return {
+            n: ChannelStats(data[f"{n}|amax"], data[f"{n}|mean_square"], data.get(f"{n}|errors"))
+            for n in nodes
+        }

@@ -87,6 +87,12 @@ def _check_opset(model: ir.Model, path: pathlib.Path) -> None:
             f"'{path}' uses ONNX opset {opset}; kirin_compiler reads opsets "
             f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}: re-export with one of them"
         )
+    kirin = model.opset_imports.get(KIRIN_DOMAIN)
+    if kirin is not None and kirin != KIRIN_OPSET_VERSION:
+        raise KirinError(
+            f"'{path}' uses the {KIRIN_DOMAIN} opset version {kirin}; this kirin_compiler "
+            f"implements version {KIRIN_OPSET_VERSION}: compile the model again from its ONNX file"
+        )
 
 
 def _check_external_data(model: ir.Model, path: pathlib.Path) -> None:

@@ -14,7 +14,7 @@ inputs, attributes and math are in ``docs/kirin_ops.md``; the passes that introd
 from __future__ import annotations
 
 KIRIN_DOMAIN = "ai.kirin"
-KIRIN_OPSET_VERSION = 1
+KIRIN_OPSET_VERSION = 2  # 2: block sub-scales and offsets, activation gains, clip
 
 ACT_QUANT = "ActQuant"
 QMATMUL = "QMatMul"

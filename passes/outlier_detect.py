@@ -4,7 +4,8 @@ Runs the model on the calibration inputs (`kirin_compiler.calibration`: float ac
 quantized weights; statistics cached on disk) and rewrites every ``ActQuant``:
 
 1. A left operand with per-token scales (every linear input, ``Q`` and ``P`` of attention)
-   gets ``k = ceil(fraction * K)`` outliers out of its ``K`` channels:
+   gets ``k = floor(fraction * K)`` outliers out of its ``K`` channels, at least one
+   (`arithmetic.outlier_count`):
    - ``mode=token``: chosen per token at run time, the token's ``k`` largest ``|x|``
      (``outliers="token"``, ``outlier_count=k``);
    - ``mode=static``: the ``k`` channels of largest calibration mean ``x^2``, the same for every
@@ -19,16 +20,21 @@ quantized weights; statistics cached on disk) and rewrites every ``ActQuant``:
    static outliers whose scale, ``max|x| / 127``, is static too; the spike scale is taken over
    the other channels only. ``V`` of ``P · V`` gets one scale per head and channel.
 3. ``mode=none`` adds no outliers (a W4A4 model); static scales are still calibrated.
+4. With ``clip_search``, every quantizer of the linear inputs and ``Q`` with a run-time scale
+   gets the ``clip`` of `ACT_CLIPS` whose codes (outliers, gains and all) have the least
+   squared error on the calibration inputs (every fourth token), each channel weighted by the
+   energy of its row of the products' dequantized weights, ``sum_n (s_w r Wq + s_w z)^2``: how
+   far an error in that channel moves the outputs. ``P`` keeps ``clip=1``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
+import torch
 
 from kirin_compiler import arithmetic, calibration, rewrite, roles
 from kirin_compiler.calibration import ChannelStats
@@ -36,7 +42,8 @@ from kirin_compiler.kirin_ops import ACT_QUANT, QMATMUL, is_kirin
 from kirin_compiler.errors import KirinError
 from kirin_compiler.pass_manager import Pass
 
-OUTLIER_TOP = 127
+OUTLIER_TOP = arithmetic.OUTLIER_TOP
+ACT_CLIPS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7)  # clipping ratios of the run-time spike scales
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +58,7 @@ class OutlierDetectPass(Pass):
     mode: Literal["token", "static", "none"] = "token"
     fraction: float = 0.03
     attention_fraction: float = 0.01
+    clip_search: bool = True
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         for option in ("fraction", "attention_fraction"):
@@ -59,7 +67,8 @@ class OutlierDetectPass(Pass):
         quantizers = [n for n in model.graph if is_kirin(n, ACT_QUANT) and "outliers" not in n.attributes]
         if not quantizers:
             return ir.passes.PassResult(model, False)
-        stats = calibration.statistics(model)
+        searches = {n.name: self._search(n) for n in quantizers if self._searched(n)}
+        stats = calibration.statistics(model, searches)
         provenance = calibration.attached(model).provenance()
         model.metadata_props[calibration.KEY_CALIBRATION] = provenance
         names = rewrite.Names(model.graph)
@@ -67,15 +76,37 @@ class OutlierDetectPass(Pass):
             self._rewrite(model.graph, node, stats[node.name], names)
         return ir.passes.PassResult(model, True)
 
+    def _searched(self, quantizer: ir.Node) -> bool:
+        """Whether the quantizer's clip is searched: a run-time scale over the last axis, not
+        the probabilities ``P``, and outliers chosen per token or none."""
+        a = quantizer.attributes
+        return (
+            self.clip_search and self.mode != "static" and a["scale"].value == "token"
+            and a["axis"].value == -1 and not _reads_probabilities(quantizer)
+        )
+
+    def _search(self, quantizer: ir.Node) -> calibration.Search:
+        a = quantizer.attributes
+        spec = arithmetic.ActivationSpec(
+            bits=a["bits"].value, signed=bool(a["signed"].value),
+            outliers="token" if self.mode == "token" and self.fraction else "none",
+            group=a["group"].value if "group" in a else 0,
+            gain_bits=a["gain_bits"].value if "gain_bits" in a else 0,
+        )
+        return calibration.Search(spec, self.fraction, ACT_CLIPS, _importance(quantizer))
+
     def _rewrite(self, graph: ir.Graph, node: ir.Node, stats: ChannelStats, names: rewrite.Names) -> None:
         attributes = node.attributes
         static = attributes["scale"].value == "static"
         channels = stats.amax.shape[-1]
         probabilities = _reads_probabilities(node)
         fraction = self.attention_fraction if probabilities else self.fraction
-        count = math.ceil(fraction * channels) if self.mode != "none" else 0
+        count = arithmetic.outlier_count(fraction, channels) if self.mode != "none" else 0
         axis = attributes["axis"].value
         node.attributes["outliers"] = ir.AttrString("outliers", "none")
+        if stats.errors is not None:
+            clip = ACT_CLIPS[int(np.argmin(stats.errors))]  # the first (largest) on a tie
+            node.attributes["clip"] = ir.AttrFloat32("clip", clip)
         if static:
             self._static_scales(graph, node, stats, count if axis == -1 else 0, names)
         elif axis == -1 and count:
@@ -115,6 +146,31 @@ class OutlierDetectPass(Pass):
             3: rewrite.constant(graph, outlier_scale, f"{node.name}.oscale", names),
         })
         _add_outlier_outputs(node, names)
+
+
+def _importance(quantizer: ir.Node) -> np.ndarray | None:
+    """Per input channel, ``sum_n W[k, n]^2`` of the dequantized weights of the linear products
+    reading the quantizer's codes (None when no linear product does: attention)."""
+    energy = None
+    for use in quantizer.outputs[0].uses():
+        product = use.node
+        if not is_kirin(product, QMATMUL) or use.idx != 0 or product.inputs[2].const_value is None:
+            continue
+        inputs = list(product.inputs) + [None] * (8 - len(product.inputs))
+        codes, scale, block_scale, block_offset = (
+            None if v is None else torch.from_numpy(_integers(v)) for v in (inputs[2], inputs[3], inputs[6], inputs[7])
+        )
+        group = product.attributes["group"].value
+        weights = arithmetic.synapses(codes, block_scale, block_offset, group, torch.float64) * scale.double()
+        row_energy = weights.square().sum(dim=1).numpy()
+        energy = row_energy if energy is None else energy + row_energy
+    return None if energy is None else energy.astype(np.float32)
+
+
+def _integers(value: ir.Value) -> np.ndarray:
+    """An initializer's array, INT4 codes as int8."""
+    array = value.const_value.numpy()
+    return array.astype(np.int8) if value.const_value.dtype == ir.DataType.INT4 else array
 
 
 def _reads_probabilities(quantizer: ir.Node) -> bool:

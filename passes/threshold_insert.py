@@ -69,7 +69,6 @@ class ThresholdInsertPass(Pass):
         out_inputs = list(quantizer.inputs[1:]) + [None] * (4 - len(quantizer.inputs))
         bits = quantizer.attributes["bits"].value
         attributes = {
-            "group": rescale.attributes["group"].value,
             "bits": bits,
             "window": arithmetic.window(bits, signed=False),
             "silent": int(self.silent),

@@ -54,20 +54,26 @@ def test_a_neurons_spike_time_is_its_quantized_value(xs, code):
 
 @SETTINGS
 @given(
-    st.integers(1, 4), st.integers(1, 9), st.integers(1, 7), st.sampled_from([0, 2, 4]),
-    st.sampled_from([(4, True), (4, False)]), st.integers(0, 2**31 - 1),
+    st.integers(1, 4), st.integers(1, 3), st.integers(1, 7), st.sampled_from([0, 4]),
+    st.sampled_from([(4, True), (4, False)]), st.booleans(), st.integers(0, 2**31 - 1),
 )
-def test_integrating_spike_trains_gives_the_integer_product(m, blocks, n, group, code, seed):
+def test_integrating_spike_trains_gives_the_integer_product(m, blocks, n, group, code, graded, seed):
     bits, signed = code
     lo, hi = ka.code_range(bits, signed)
     k = blocks * (group or 3)
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(lo, hi + 1, (m, k), generator=g).float()
     codes[0] = 0  # an all-zero token
-    weights = torch.randint(-7, 8, (k, n), generator=g).float()
-    train = ka.encode(codes, ka.window(bits, signed))
-    acc, trajectory, _, _ = ka.integrate_spikes(train, weights, group, record=True)
-    assert torch.equal(acc, ka.integer_matmul(codes, weights, group))
+    gains = torch.randint(1, 16, (m, k), generator=g).float() if graded else torch.ones(m, k)
+    weights = torch.randint(-8, 8, (k, n), generator=g)
+    block_scale = torch.randint(0, 256, (k // (group or k), n), generator=g)
+    block_offset = torch.randint(-2**15 + 1, 2**15, (k // (group or k), n), generator=g)
+    synapses = ka.synapses(weights, block_scale, block_offset, group)
+    train = ka.encode(codes, ka.window(bits, signed)) * gains.to(torch.int8)  # graded spikes
+    acc, trajectory, _, _ = ka.integrate_spikes(train, synapses, record=True)
+    expected = (codes * gains).double() @ synapses.double()
+    assert torch.equal(acc.double(), expected)
+    assert torch.equal(acc, ka.integer_matmul(codes * gains, synapses))
     assert torch.equal(trajectory[-1], acc)
     assert not acc[0].any()
 
@@ -75,28 +81,36 @@ def test_integrating_spike_trains_gives_the_integer_product(m, blocks, n, group,
 def test_integer_products_widen_past_float32s_exact_range():
     codes = torch.full((1, 2048), 127.0)
     weights = torch.full((2048, 1), 127.0)
-    exact = 127 * 127 * 2048 + 0  # 33,032,192 > 2^24
-    assert ka.integer_matmul(codes, weights, bound=127 * 127).item() == exact
+    weights[0] = 128.0  # the sum, 127 * (127 * 2047 + 128) = 33,032,319, is odd: not a float32
+    assert ka.exact_chunks(codes, weights) == 2  # cut in two halves, added in float64
+    assert ka.integer_matmul(codes, weights).item() == 33_032_319
+    # Cauchy-Schwarz: 1000 products of 127 x 127 stay below 2^24; 1040 are cut in two, 2080 in
+    # four; 31 channels that cannot be cut take float64
+    for depth, weight, parts in ((1000, 127, 1), (1040, 127, 2), (2080, 127, 4), (31, 2**17, None)):
+        codes, weights = torch.full((3, depth), 127.0), torch.full((depth, 2), float(weight))
+        assert ka.exact_chunks(codes, weights) == parts
 
 
-def _attributes(outliers: str, signed: bool, count: int = 2) -> dict:
+def _attributes(outliers: str, signed: bool, count: int = 2, group: int = 0, clip: float = 1.0) -> dict:
+    gains = {"group": group, "gain_bits": 4} if group else {}
     return {"axis": -1, "bits": 4, "signed": int(signed), "scale": "token", "outliers": outliers,
-            "outlier_count": count, "window": ka.window(4, signed)}
+            "outlier_count": count, "window": ka.window(4, signed), "clip": clip, **gains}
 
 
 @SETTINGS
 @given(
-    arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 12)), elements=values),
-    st.sampled_from(["none", "token", "static"]), st.booleans(),
+    arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 5), st.sampled_from([4, 8, 12])), elements=values),
+    st.sampled_from(["none", "token", "static"]), st.booleans(), st.sampled_from([0, 4]),
+    st.sampled_from([1.0, 0.8]),
 )
-def test_encoders_send_exactly_the_codes_of_the_integer_reference(x, outliers, signed):
+def test_encoders_send_exactly_the_codes_of_the_integer_reference(x, outliers, signed, group, clip):
     if not signed:
         x = np.abs(x)
     x = torch.from_numpy(x)
     mask = torch.zeros(x.shape[-1], dtype=torch.bool)
     mask[0] = True
     inputs = (x, None, mask) if outliers == "static" else (x,)
-    attributes = _attributes(outliers, signed)
+    attributes = _attributes(outliers, signed, group=group, clip=clip)
     reference = ActQuant("q", attributes, "qann", Probe())(*inputs)
     spiking = TTFSEncoder("q", attributes, "snn", Probe())(*inputs)
     assert torch.equal(ka.spike_codes(spiking[0]), reference[0])
@@ -154,37 +168,79 @@ def test_without_the_silent_phase_a_rising_membrane_fires_too_early():
 
 
 @SETTINGS
-@given(st.integers(1, 64), st.sampled_from([0, 4]), st.integers(0, 2**31 - 1))
-def test_weight_codes_and_scales(n, group, seed):
+@given(st.integers(2, 64), st.sampled_from([0, 4]), st.booleans(), st.integers(0, 2**31 - 1))
+def test_weight_codes_scales_and_block_integers(n, group, asymmetric, seed):
     w = np.random.default_rng(seed).normal(size=(8, n)).astype(np.float32)
-    w[:, 0] = 0  # a dead output channel keeps a usable scale
-    codes, scales = ka.quantize_weight(w, 4, group, clip_search=True)
-    assert codes.min() >= -7 and codes.max() <= 7 and np.all(scales > 0)
-    assert not codes[:, 0].any()
+    w[:, 0] = 0  # a dead output channel keeps a usable scale and silent synapses
+    w[4:, -1] = 0.5  # a block of one value: its value is the offset
+    codes = ka.quantize_weight(w, 4, group, clip_search=True, asymmetric=asymmetric)
+    assert codes.codes.min() >= (-8 if asymmetric else -7) and codes.codes.max() <= 7
+    assert np.all(codes.scale > 0) and codes.scale.shape == (n,)
+    assert not codes.codes[:, 0].any()
+    assert (codes.block_scale is not None) == bool(group) and (codes.block_offset is not None) == asymmetric
+    parts = [None if a is None else torch.from_numpy(a.astype(np.int32)) for a in codes]
+    synapses = ka.synapses(parts[0], parts[2], parts[3], group, torch.float64).numpy()
+    assert not synapses[:, 0].any()
+    top = np.abs(w).max(axis=0)
+    assert (np.abs(synapses * codes.scale - w) <= top / 7 + 1e-6).all()  # within a step of the column
 
 
 @SETTINGS
 @given(arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 16)),
               elements=st.sampled_from([0.0, 1.0, -1.0, 2.5, -2.5, 7.0])), st.integers(0, 16))
 def test_token_outliers_are_the_largest_non_zero_values_with_ties_to_the_lower_index(x, count):
-    mask, rest = ka.token_outliers(torch.from_numpy(np.abs(x)), -1, count)
-    for row, chosen, left in zip(np.abs(x), mask.numpy(), rest.numpy()):
+    mask, rest, largest = ka.token_outliers(torch.from_numpy(np.abs(x)), -1, count)
+    for row, chosen, left, top in zip(np.abs(x), mask.numpy(), rest.numpy(), largest.numpy()):
         expected = np.argsort(-row, kind="stable")[: min(count, len(row))]
         expected = [i for i in expected if row[i] > 0]
         assert sorted(np.flatnonzero(chosen)) == sorted(expected)
         assert left[0] == np.where(chosen, 0, row).max(initial=0)  # the largest left out
+        assert top[0] == row.max()
 
 
 @SETTINGS
 @given(st.integers(1, 6), st.integers(1, 40), st.integers(1, 9), st.integers(0, 2**31 - 1), st.booleans())
-def test_int8_products_equal_exact_float64_ones(m, k, n, seed, nibbles):
+def test_integer_products_are_exact_in_float32_float64_and_over_used_channels(m, k, n, seed, nibbles):
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(-127, 128, (2, m, k), generator=g).float()
+    codes[..., ::2] = 0  # sparse outlier codes: the integer path multiplies the used channels only
     weights = torch.randint(-7, 8, (k, n), generator=g, dtype=torch.int8)
     stored = weights.numpy().astype(ml_dtypes.int4) if nibbles else None
     operand = torch.from_numpy(stored.view(np.uint8)) if nibbles else weights  # INT4 bytes
     expected = codes.double() @ weights.double()
     assert torch.equal(ka.integer_matmul(codes, operand).double(), expected)
+    assert torch.equal(ka.integer_matmul(codes, operand, sparse=True).double(), expected)
+    wide = ka.synapses(operand, None, torch.full((1, n), 2**15 - 1, dtype=torch.int16))  # float64
+    expected = codes.double() @ wide.double()
+    assert torch.equal(ka.integer_matmul(codes, wide).double(), expected)
+    assert torch.equal(ka.integer_matmul(codes, wide, sparse=True).double(), expected)
+
+
+@SETTINGS
+@given(
+    arrays(np.float32, st.tuples(st.integers(1, 4), st.sampled_from([8, 16, 32])), elements=values),
+    st.sampled_from([1.0, 0.9]), st.sampled_from(["none", "token"]),
+)
+def test_block_gains_are_the_smallest_that_hold_each_block(x, clip, outliers):
+    spec = ka.ActivationSpec(bits=4, signed=True, outliers=outliers, count=2, group=4, gain_bits=4, clip=clip)
+    x = torch.from_numpy(x)
+    split = ka.split_activation(x, spec)
+    codes, outlier_codes = ka.activation_codes(split, spec)
+    block_gains = split.gains.squeeze(-1)  # [..., blocks]
+    assert codes.abs().max() <= 7 and block_gains.min() >= 1 and block_gains.max() <= 15
+    gains = block_gains.repeat_interleave(4, dim=-1)
+    assert torch.equal(ka.with_gains(torch.ones_like(x), split.gains), gains)
+    rest = x.abs() if split.mask is None else x.abs().masked_fill(split.mask, 0)
+    blocks = rest.unflatten(-1, (-1, 4)).amax(-1) * clip
+    step = split.spike_scale * ka.code_range(4, True)[1]
+    assert (blocks <= block_gains * step * (1 + 1e-5)).all()  # the gain holds the block
+    smaller = (block_gains - 1) * step
+    assert ((block_gains == 1) | (blocks > smaller * (1 - 1e-5))).all()  # and is the smallest that does
+    value = ka.dequantize_activation(split, spec)
+    inside = (x.abs() <= (blocks * (1 - 1e-6)).repeat_interleave(4, -1)) | (split.mask if split.mask is not None else False)
+    half_step = (gains * split.spike_scale / 2) * (1 + 1e-5) + 1e-30
+    outlier_step = 0 if split.outlier_scale is None else split.outlier_scale / 2 * (1 + 1e-5)
+    assert ((x - value).abs() <= torch.maximum(half_step, torch.as_tensor(outlier_step)))[inside].all()
 
 
 @SETTINGS

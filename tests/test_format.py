@@ -18,6 +18,7 @@ from kirin_compiler import (
 )
 from kirin_compiler.backends import onnxruntime as ort_backend
 from kirin_compiler.format import FORMAT_VERSION, source_provenance, stamp_kirin_metadata
+from kirin_compiler.kirin_ops import KIRIN_OPSET_VERSION
 
 
 def compiled_tiny_llama():
@@ -39,7 +40,7 @@ def test_kirin_file_is_valid_onnx_with_the_kirin_opset(tmp_path):
     save_kirin(compiled_tiny_llama(), tmp_path / "a.kirin", source_provenance(TINY_LLAMA))
     proto = onnx.load(tmp_path / "a.kirin")
     onnx.checker.check_model(proto, full_check=True)
-    assert {o.domain: o.version for o in proto.opset_import}["ai.kirin"] == 1
+    assert {o.domain: o.version for o in proto.opset_import}["ai.kirin"] == KIRIN_OPSET_VERSION
     metadata = {p.key: p.value for p in proto.metadata_props}
     assert metadata["kirin.format_version"] == str(FORMAT_VERSION)
     assert metadata["kirin.pipeline"] == "canonicalize"
@@ -54,6 +55,15 @@ def test_newer_format_versions_are_refused(tmp_path):
     save_model(model, tmp_path / "future.kirin")
     with pytest.raises(KirinError, match="format version 2; this kirin_compiler reads up to version 1"):
         load_model(tmp_path / "future.kirin")
+
+
+def test_kirin_files_of_another_kirin_opset_are_refused(tmp_path):
+    model = compiled_tiny_llama()
+    model.opset_imports["ai.kirin"] = KIRIN_OPSET_VERSION - 1
+    save_model(model, tmp_path / "old.kirin")
+    with pytest.raises(KirinError, match=f"ai.kirin opset version {KIRIN_OPSET_VERSION - 1}; this "
+                       f"kirin_compiler implements version {KIRIN_OPSET_VERSION}: compile the model again"):
+        load_model(tmp_path / "old.kirin")
 
 
 def test_opsets_outside_17_to_23_are_refused(tmp_path):

@@ -12,11 +12,11 @@ from conftest import TINY_LLAMA
 PIPELINE = "canonicalize,quantize,outlier-detect,spike-matrix-hybridize"
 
 AFTER = [
-    '%fc1.in0.q: i8[batch, sequence, 8], %fc1.in0.s: f32[*], %fc1.in0.qo: i8[batch, sequence, 8], %fc1.in0.so: f32[*] = ai.kirin::TTFSEncoder(%x) {axis=-1, bits=4, outlier_count=1, outliers="token", scale="token", signed=1, window=8}',
-    "%fc1.V: i32[*] = ai.kirin::SpikeMatMul(%fc1.in0.q, %fc1.wq) {bound=889, group=0}  # role=fc1",
-    "%fc1.U: i32[*] = ai.kirin::IntMatMul(%fc1.in0.qo, %fc1.wq) {bound=889, group=0}  # role=fc1",
-    '%fc2.in0.q: i8[*], %fc2.in0.s: f32[*], %fc2.in0.qo: i8[*], %fc2.in0.so: f32[*] = ai.kirin::TTFSNeuron(%fc1.V, %fc1.in0.s, %fc1.ws, %fc1.U, %fc1.in0.so, %c0, f32{4.2517657}, %fc2.in0.mask, f32{0.5035185}) {bits=4, group=0, outliers="static", silent=1, window=16}  # role=fc1',
-    "%fc2.V: i32[*] = ai.kirin::SpikeMatMul(%fc2.in0.q, %fc2.wq) {bound=889, group=0}  # role=fc2",
+    '%fc1.in0.q: i8[batch, sequence, 8], %fc1.in0.s: f32[*], %fc1.in0.qo: i8[batch, sequence, 8], %fc1.in0.so: f32[*] = ai.kirin::TTFSEncoder(%x) {axis=-1, bits=4, clip=0.95, outlier_count=1, outliers="token", scale="token", signed=1, window=8}',
+    "%fc1.V: i32[*] = ai.kirin::SpikeMatMul(%fc1.in0.q, %fc1.wq, _, %fc1.wz) {group=0}  # role=fc1",
+    "%fc1.U: i32[*] = ai.kirin::IntMatMul(%fc1.in0.qo, %fc1.wq, _, %fc1.wz) {group=0}  # role=fc1",
+    '%fc2.in0.q: i8[*], %fc2.in0.s: f32[*], %fc2.in0.qo: i8[*], %fc2.in0.so: f32[*] = ai.kirin::TTFSNeuron(%fc1.V, %fc1.in0.s, %fc1.ws, %fc1.U, %fc1.in0.so, %c0, f32{4.126704}, %fc2.in0.mask, f32{0.52260596}) {bits=4, outliers="static", silent=1, window=16}  # role=fc1',
+    "%fc2.V: i32[*] = ai.kirin::SpikeMatMul(%fc2.in0.q, %fc2.wq, _, i16[1, 8]{1, 1, -2, 3, 1, -2, 0, 1}) {group=0}  # role=fc2",
 ]
 
 
