@@ -121,7 +121,7 @@ def check(
         comparer.finish_run()
         for a, b in zip(expected, actual):
             compared += a.size
-            mismatched += _bitwise_differences(a, b)
+            mismatched += bitwise_differences(a, b)
     return Report(
         layers=_layers(model.graph, comparer),
         mismatched_nodes={
@@ -142,7 +142,7 @@ def require_spiking(model: ir.Model) -> None:
         )
 
 
-def _bitwise_differences(a: np.ndarray, b: np.ndarray) -> int:
+def bitwise_differences(a: np.ndarray, b: np.ndarray) -> int:
     if a.shape != b.shape or a.dtype != b.dtype:
         return a.size
     bits = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]

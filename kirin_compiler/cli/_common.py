@@ -1,0 +1,113 @@
+"""What the ``kirinc`` commands share: the calibration arguments, reading token ids from
+``.npy`` files or text, and file sizes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Sequence
+
+import numpy as np
+import onnx_ir as ir
+import tokenizers
+
+from kirin_compiler import calibration
+from kirin_compiler.errors import KirinError
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--calib", metavar="FILE",
+        help="calibration inputs: token ids as .npy ([batch, sequence]: one run per row, cut "
+        "into windows) or a text file to tokenize with --tokenizer",
+    )
+    parser.add_argument("--tokenizer", metavar="DIR", help="folder with a tokenizer.json, for text")
+    parser.add_argument(
+        "--calib-length", type=int, default=512, metavar="N",
+        help="tokens per calibration window (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--calib-windows", type=int, default=8, metavar="N",
+        help="number of calibration windows, the first ones (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--calib-cache", metavar="DIR", default=str(calibration.DEFAULT_CACHE),
+        help="cache calibration statistics here, so reruns skip calibration (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-calib-cache", action="store_true", help="neither read nor write cached statistics"
+    )
+
+
+def calibration_feeds(args: argparse.Namespace, model: ir.Model) -> tuple[list, str]:
+    """The calibration windows of ``--calib`` as feeds, and their provenance."""
+    name = single_input(model, "--calib")
+    for option in ("calib_length", "calib_windows"):
+        if getattr(args, option) < 1:
+            raise KirinError(f"--{option.replace('_', '-')} {getattr(args, option)}: use at least 1")
+    ids = token_ids(pathlib.Path(args.calib), load_tokenizer(args.tokenizer))
+    windows = calibration.windows(ids, args.calib_length, args.calib_windows)
+    source = {"file": str(args.calib), "length": args.calib_length, "windows": args.calib_windows}
+    if args.tokenizer:
+        source["tokenizer"] = str(args.tokenizer)
+    return [{name: w} for w in windows], json.dumps(source, sort_keys=True)
+
+
+def single_input(model: ir.Model, what: str) -> str:
+    """The name of the model's one input (token ids), which ``what`` feeds."""
+    if len(model.graph.inputs) != 1:
+        names = ", ".join(v.name for v in model.graph.inputs)
+        raise KirinError(f"{what} feeds token ids to a model with one input; this model has "
+                         f"{len(model.graph.inputs)} ({names})")
+    return model.graph.inputs[0].name
+
+
+def sizes(files: Sequence[pathlib.Path]) -> str:
+    """``0.45 MB``, or ``0.25 MB + 651.31 MB in model.kirin.data`` for external weights."""
+    first, *rest = files
+    text = f"{first.stat().st_size / 1e6:.2f} MB"
+    return text + "".join(f" + {f.stat().st_size / 1e6:.2f} MB in {f.name}" for f in rest)
+
+
+def load_tokenizer(folder: str | None) -> tokenizers.Tokenizer | None:
+    """The tokenizer of ``--tokenizer DIR`` (its ``tokenizer.json``), or None."""
+    if folder is None:
+        return None
+    path = pathlib.Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise KirinError(f"--tokenizer '{folder}' has no tokenizer.json")
+    return tokenizers.Tokenizer.from_file(str(path))
+
+
+def token_ids(path: pathlib.Path, tokenizer: tokenizers.Tokenizer | None) -> np.ndarray:
+    """Token ids ``[batch, sequence]`` from a ``.npy`` file, or from a text file tokenized
+    without special tokens."""
+    if not path.is_file():
+        raise KirinError(f"input file '{path}' does not exist")
+    if path.suffix == ".npy":
+        try:
+            ids = np.load(path, allow_pickle=False)
+        except ValueError as error:
+            raise KirinError(f"'{path}' is not a readable .npy file: {error}") from None
+        if ids.dtype.kind not in "iu" or ids.ndim not in (1, 2) or ids.size == 0:
+            raise KirinError(
+                f"'{path}' holds {ids.dtype}{list(ids.shape)}; token ids are integers of shape "
+                "[sequence] or [batch, sequence]"
+            )
+        return ids.astype(np.int64).reshape((1, -1) if ids.ndim == 1 else ids.shape)
+    if tokenizer is None:
+        raise KirinError(f"'{path}' is text: give --tokenizer DIR to tokenize it, or token ids as .npy")
+    ids = tokenizer.encode(path.read_text(), add_special_tokens=False).ids
+    if not ids:
+        raise KirinError(f"'{path}' tokenizes to no tokens")
+    return np.asarray([ids], dtype=np.int64)
+
+
+def attach_calibration(args: argparse.Namespace, model: ir.Model) -> None:
+    """Attaches the ``--calib`` windows to ``model`` for its calibrating passes."""
+    cache = None if args.no_calib_cache else pathlib.Path(args.calib_cache).expanduser()
+    feeds, source = calibration_feeds(args, model)
+    progress = sys.stderr.isatty()
+    calibration.attach(model, calibration.Calibration(feeds, source, cache, progress))

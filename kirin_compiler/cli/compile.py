@@ -1,0 +1,188 @@
+"""``kirinc [compile] MODEL -o OUT.kirin``: run a pipeline of passes and write a ``.kirin`` file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Sequence
+
+from kirin_compiler import __version__
+from kirin_compiler.accounting import KEY_TIMESTEPS
+from kirin_compiler.cli import _common
+from kirin_compiler.compiler import DEFAULT_PIPELINE, compile_model
+from kirin_compiler.errors import KirinError
+from kirin_compiler.format import (
+    KEY_FORMAT_VERSION,
+    KEY_PIPELINE,
+    check_not_weights_in_use,
+    check_writable,
+    load_model,
+    save_kirin,
+    source_provenance,
+)
+from kirin_compiler.instruments import DumpDir, PrintChanged, PrintIR, TimePasses, format_table
+from kirin_compiler.pass_manager import format_option, node_count
+from kirin_compiler.registry import PassRegistry, type_name
+
+
+def _wrapped(pipeline: str) -> str:
+    """A pipeline on lines of at most 80 columns, broken after its commas."""
+    lines, line = [], ""
+    for part in pipeline.split(","):
+        if line and len(line) + len(part) + 1 > 76:
+            lines.append(line + ",")
+            line = part
+        else:
+            line = f"{line},{part}" if line else part
+    return "\n  ".join([*lines, line])
+
+
+_EPILOG = f"""\
+commands:
+  kirinc [compile] MODEL -o OUT.kirin   compile an ONNX (or .kirin) model (the default command)
+  kirinc inspect FILE                   summarize an ONNX or .kirin file
+  kirinc run MODEL --input FILE         run a model on the torch backend and print its outputs
+  kirinc verify MODEL.kirin             prove that the spiking network equals the integer one
+  kirinc eval MODEL --text FILE         measure perplexity: float, compiled, configurations
+
+examples:
+  kirinc model.onnx -o model.kirin --calib calib_ids.npy
+  kirinc model.onnx -o model.kirin --calib wiki.txt --tokenizer tok/ --dump-dir dumps
+  kirinc model.onnx -o model.onnx.canonical -p canonicalize
+  kirinc model.onnx --load-pass my_passes.py:DropMulByOnePass -p "canonicalize,drop-mul-by-one"
+  kirinc inspect model.kirin
+  kirinc run model.kirin --input prompt.txt --tokenizer tok/ --mode snn
+  kirinc verify model.kirin
+  kirinc eval model.onnx --text wiki.txt --tokenizer tok/ -p default --calib calib.txt
+
+The default pipeline:
+  {_wrapped(DEFAULT_PIPELINE)}
+Its outlier-detect and energy-annotate passes run the model on the --calib inputs. Exit status:
+0 on success, 2 on bad input or options, 1 when a pass fails or verify finds a mismatch.
+"""
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
+    registry = PassRegistry.default()
+    for spec in args.load_pass:
+        registry.load(spec)
+    if args.list_passes:
+        print(_passes_table(registry), end="")
+        return 0
+    if args.input is None:
+        raise KirinError("no input model given; usage: kirinc MODEL -o OUT.kirin (see --help)")
+    passes = registry.parse_pipeline(args.passes)
+    names = [p.name for p in passes]
+    for name in args.print_ir_after:
+        registry[name]  # an unknown name fails here, with the list of known ones
+        if name not in names:
+            raise KirinError(
+                f"--print-ir-after '{name}': the pipeline ({', '.join(names)}) does not run it"
+            )
+    if args.output is not None:
+        check_writable(args.output)
+        if pathlib.Path(args.output).resolve() == pathlib.Path(args.input).resolve():
+            raise KirinError(f"output '{args.output}' is the input file; choose another name")
+    instruments = _instruments(args)
+    model = load_model(args.input)
+    if args.output is not None:  # checked again when saving; here, before any work
+        check_not_weights_in_use(model, [pathlib.Path(args.output)])
+    calibrating = [p.name for p in passes if p.needs_calibration]
+    if calibrating and args.calib is None:
+        raise KirinError(
+            f"the pipeline's {', '.join(calibrating)} run the model on calibration inputs: give "
+            "--calib IDS.npy (token ids) or --calib TEXT --tokenizer DIR, or a pipeline without "
+            "them (-p canonicalize)"
+        )
+    if args.calib is not None:
+        _common.attach_calibration(args, model)
+    compile_model(model, passes, instruments=instruments, stop_after=args.stop_after)
+    if args.output is None:
+        print("kirinc: no -o given: nothing written", file=sys.stderr)
+        return 0
+    # A .kirin input keeps the provenance of the model it was first compiled from.
+    is_kirin = KEY_FORMAT_VERSION in model.metadata_props
+    source = None if is_kirin else source_provenance(args.input)
+    written = save_kirin(model, args.output, source)
+    print(
+        f"kirinc: wrote {args.output} ({node_count(model)} nodes, {_common.sizes(written)}; "
+        f"pipeline {model.metadata_props[KEY_PIPELINE]})",
+        file=sys.stderr,
+    )
+    if KEY_TIMESTEPS in model.metadata_props:
+        steps = json.loads(model.metadata_props[KEY_TIMESTEPS])
+        print(
+            f"kirinc: {steps['total']} time steps ({steps['baseline_8bit_total']} with 8-bit "
+            f"single spikes: {steps['reduction']:.2%} fewer)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kirinc",
+        description="Compile an LLM into an integer/spike hybrid spiking neural network.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", nargs="?", metavar="MODEL", help="ONNX or .kirin file to compile")
+    parser.add_argument("-o", "--output", metavar="OUT", help="write the compiled .kirin file here")
+    parser.add_argument(
+        "-p", "--passes", default=DEFAULT_PIPELINE, metavar="PIPELINE",
+        help='passes to run, in order: "name,name{option=value,...}" (default: %(default)s)',
+    )
+    parser.add_argument(
+        "--load-pass", action="append", default=[], metavar="MODULE:CLASS",
+        help="register a custom pass from 'package.module:Class' or 'path/to/file.py:Class' "
+        "(repeatable)",
+    )
+    _common.add_calibration_arguments(parser)
+    parser.add_argument("--list-passes", action="store_true", help="list the known passes and exit")
+    parser.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    parser.add_argument(
+        "--print-ir-after", action="append", default=[], metavar="NAME",
+        help="print the IR after each run of pass NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--print-changed", action="store_true",
+        help="print a unified diff of the IR dump for every pass that changed it",
+    )
+    parser.add_argument(
+        "--dump-dir", metavar="DIR",
+        help="write numbered text and ONNX dumps (00_input, 01_<pass>, ...) and manifest.json",
+    )
+    parser.add_argument("--time-passes", action="store_true", help="print a table of time per pass")
+    parser.add_argument("--stop-after", metavar="NAME", help="stop the pipeline after pass NAME")
+    parser.add_argument("--version", action="version", version=f"kirinc {__version__}")
+    return parser
+
+
+def _instruments(args: argparse.Namespace) -> list:
+    instruments: list = []
+    if args.print_ir_after_all or args.print_ir_after:
+        after = None if args.print_ir_after_all else args.print_ir_after
+        instruments.append(PrintIR(sys.stdout, after))
+    if args.print_changed:
+        instruments.append(PrintChanged(sys.stdout))
+    if args.dump_dir:
+        instruments.append(DumpDir(args.dump_dir))
+    if args.time_passes:
+        instruments.append(TimePasses(sys.stdout))
+    return instruments
+
+
+def _passes_table(registry: PassRegistry) -> str:
+    rows = [("pass", "options", "requires", "description")]
+    for pass_class in registry:
+        defaults = pass_class()
+        options = ", ".join(
+            f"{name}: {type_name(kind)} = {format_option(getattr(defaults, name))}"
+            for name, kind in pass_class.option_types().items()
+        )
+        requires = ", ".join(pass_class.requires_passes)
+        rows.append((pass_class.name, options or "-", requires or "-", pass_class.summary()))
+    return format_table(rows)

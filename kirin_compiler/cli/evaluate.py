@@ -1,0 +1,189 @@
+"""``kirinc eval MODEL --text FILE``: perplexity on real text, configurations side by side.
+
+A ``.kirin`` file is scored as compiled. An ONNX file is scored as it is (the float reference,
+mode ``float``) and, for every ``-p PIPELINE``, compiled in memory with that pipeline and
+scored in the ``--mode`` modes, so that one command sets the float model, the default pipeline
+and any other configuration side by side on the same windows (``docs/cli.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import re
+import sys
+from typing import Sequence
+
+from kirin_compiler import calibration, evaluation
+from kirin_compiler.backends import torch_backend
+from kirin_compiler.backends.torch_kirin import MODES
+from kirin_compiler.cli import _common
+from kirin_compiler.compiler import DEFAULT_PIPELINE, compile_model
+from kirin_compiler.errors import KirinError
+from kirin_compiler.format import KEY_FORMAT_VERSION, KEY_PIPELINE, atomic_path, check_writable, load_model
+from kirin_compiler.instruments import format_table
+from kirin_compiler.registry import PassRegistry
+
+_EPILOG = """\
+examples:
+  kirinc eval model.kirin --text wiki.txt --tokenizer tok/
+  kirinc eval model.onnx --text wiki.txt --tokenizer tok/ -p default --calib calib.txt
+  kirinc eval model.onnx --text wiki.txt --tokenizer tok/ --calib calib.txt \\
+      -p default -p "linear only=canonicalize,quantize{attention=false},outlier-detect,\\
+spike-matrix-hybridize,threshold-insert" --mode qann --mode snn --json results.json
+
+A pipeline may be named: -p "NAME=PIPELINE"; "default" stands for the default pipeline.
+Rows of the snn mode beside the qann mode say whether their logits are bitwise the same.
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    label: str
+    pipeline: str | None  # None: the model as it is
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
+    for option in ("windows", "length"):
+        if getattr(args, option) < 1:
+            raise KirinError(f"--{option} {getattr(args, option)}: use at least 1")
+    registry = PassRegistry.default()
+    for spec in args.load_pass:
+        registry.load(spec)
+    configurations = [_configuration(text, registry) for text in args.passes]
+    for configuration in configurations:
+        calibrating = any(p.needs_calibration for p in registry.parse_pipeline(configuration.pipeline))
+        if calibrating and args.calib is None:
+            raise KirinError(
+                f"pipeline '{configuration.label}' calibrates: give --calib IDS.npy (token ids) or "
+                "--calib TEXT --tokenizer DIR"
+            )
+    if args.json:
+        check_writable(args.json)
+        read = [args.model, args.text, args.calib]
+        if any(f and pathlib.Path(f).resolve() == pathlib.Path(args.json).resolve() for f in read):
+            raise KirinError(f"--json '{args.json}' is a file this run reads; choose another name")
+    path = pathlib.Path(args.model)
+    source = load_model(path)
+    compiled = KEY_FORMAT_VERSION in source.metadata_props
+    if compiled and configurations:
+        raise KirinError(f"'{args.model}' is already compiled: give its ONNX model to compile "
+                         "it with -p, or leave -p out to score it as it is")
+    name = _common.single_input(source, "kirinc eval")
+    ids = _common.token_ids(pathlib.Path(args.text), _common.load_tokenizer(args.tokenizer))
+    windows = calibration.windows(ids, args.length, args.windows)
+    if len(windows) < args.windows:
+        print(f"kirinc: '{args.text}' has {len(windows)} window(s) of {args.length} tokens, "
+              f"not {args.windows}", file=sys.stderr)
+    modes = args.mode or ["qann"]
+    progress = sys.stderr.isatty()
+    scores: list[tuple[Configuration, evaluation.Score]] = []
+    if compiled:
+        own = Configuration(path.name, source.metadata_props.get(KEY_PIPELINE))
+        scores += [(own, s) for s in evaluation.evaluate(source, windows, modes, torch_backend, own.label, progress)]
+    else:
+        reference = Configuration(f"{path.name} (float)", None)
+        result = evaluation.evaluate(source, windows, ["float"], torch_backend, reference.label, progress)
+        scores.append((reference, result[0]))
+    del source
+    for configuration in configurations:
+        model = load_model(path)
+        if args.calib is not None:
+            _common.attach_calibration(args, model)
+        compile_model(model, registry.parse_pipeline(configuration.pipeline))
+        result = evaluation.evaluate(model, windows, modes, torch_backend, configuration.label, progress)
+        scores += [(configuration, s) for s in result]
+        del model
+    reference = scores[0][1] if not compiled else None
+    print(_table(scores, reference, args), end="")
+    if args.json:
+        _write_json(pathlib.Path(args.json), scores, reference, args, name)
+        print(f"kirinc: wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kirinc eval",
+        description="Perplexity of a model on a text: windows scored each on its own, the\n"
+        "float model beside compiled configurations.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help="ONNX or .kirin file")
+    parser.add_argument(
+        "--text", required=True, metavar="FILE",
+        help="the evaluation text (tokenized with --tokenizer), or its token ids as .npy",
+    )
+    parser.add_argument(
+        "-p", "--passes", action="append", default=[], metavar="[NAME=]PIPELINE",
+        help="compile the ONNX model with this pipeline, in memory, and score it (repeatable; "
+        "'default' is the default pipeline)",
+    )
+    parser.add_argument(
+        "--mode", action="append", choices=MODES, metavar="MODE",
+        help="execution mode of the compiled models: float, qann or snn (repeatable; default: qann)",
+    )
+    parser.add_argument("--windows", type=int, default=16, metavar="N",
+                        help="windows to score, the first ones (default: %(default)s)")
+    parser.add_argument("--length", type=int, default=512, metavar="N",
+                        help="tokens per window (default: %(default)s)")
+    _common.add_calibration_arguments(parser)
+    parser.add_argument(
+        "--load-pass", action="append", default=[], metavar="MODULE:CLASS",
+        help="register a custom pass, as for compiling (repeatable)",
+    )
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    return parser
+
+
+def _configuration(text: str, registry: PassRegistry) -> Configuration:
+    """``NAME=PIPELINE``, ``PIPELINE`` or ``default``; the pipeline is checked here, before
+    any work."""
+    match = re.fullmatch(r"([^=,{}]+)=(.+)", text.strip(), flags=re.S)
+    label, pipeline = (match.group(1).strip(), match.group(2)) if match else (None, text.strip())
+    if pipeline == "default":
+        label, pipeline = label or "default", DEFAULT_PIPELINE
+    registry.parse_pipeline(pipeline)
+    return Configuration(label or pipeline, pipeline)
+
+
+def _table(scores, reference, args) -> str:
+    rows = [("model", "mode", "windows", "tokens", "perplexity", "x float", "= qann")]
+    for configuration, score in scores:
+        ratio = f"{score.perplexity / reference.perplexity:.3f}" if reference else "-"
+        same = "-" if score.differing is None else (
+            "bitwise" if score.differing == 0 else f"{score.differing:,} differ"
+        )
+        rows.append((configuration.label, score.mode, str(score.windows), f"{score.tokens:,}",
+                     f"{score.perplexity:.3f}", ratio, same))
+    head = f"{args.text}: windows of {args.length} tokens, each scored on its own\n"
+    return head + format_table(rows)
+
+
+def _write_json(path, scores, reference, args, input_name) -> None:
+    results = []
+    for configuration, score in scores:
+        entry = {
+            "model": configuration.label,
+            "pipeline": configuration.pipeline,
+            "mode": score.mode,
+            "windows": score.windows,
+            "tokens": score.tokens,
+            "nll": score.nll,
+            "perplexity": score.perplexity,
+        }
+        if reference is not None:
+            entry["ratio_to_float"] = score.perplexity / reference.perplexity
+        if score.differing is not None:
+            entry["logits_differing_from_qann"] = score.differing
+        results.append(entry)
+    document = {
+        "model": args.model, "text": args.text, "tokenizer": args.tokenizer, "input": input_name,
+        "length": args.length, "results": results,
+    }
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(document, indent=2) + "\n")

@@ -1,0 +1,90 @@
+"""``kirinc run MODEL --input FILE``: run a model on the torch backend and print its outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from kirin_compiler.backends import torch_backend
+from kirin_compiler.cli import _common
+from kirin_compiler.errors import KirinError
+from kirin_compiler.format import atomic_path, check_writable, load_model
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
+    tokenizer = _common.load_tokenizer(args.tokenizer)
+    ids = _common.token_ids(pathlib.Path(args.input), tokenizer)
+    if args.save:
+        if pathlib.Path(args.save).suffix not in (".npy", ".npz"):
+            raise KirinError(f"--save '{args.save}': use a .npy or .npz file name")
+        check_writable(args.save)
+    model = load_model(args.model)
+    name = _common.single_input(model, "kirinc run")
+    module = torch_backend.lower(model, args.mode)
+    try:
+        outputs = torch_backend.run(module, model, {name: ids})
+    except (RuntimeError, IndexError, ValueError) as error:  # e.g. a token id past the vocabulary
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise KirinError(
+            f"'{args.model}' failed on the ids of '{args.input}' "
+            f"(values {ids.min()}..{ids.max()}, shape {list(ids.shape)}): {reason}"
+        ) from error
+    print(f"input       {model.graph.inputs[0].name}: {list(ids.shape)} token ids")
+    for value, array in zip(model.graph.outputs, outputs):
+        print(
+            f"output      {value.name}: {array.dtype}{list(array.shape)}  min {array.min():.4g}  "
+            f"max {array.max():.4g}  mean {array.mean():.4g}"
+        )
+    logits = outputs[0]
+    if logits.ndim == 3:
+        predicted = logits[0, -1].argmax()
+        text = f" {json.dumps(tokenizer.decode([int(predicted)]))}" if tokenizer else ""
+        print(f"next token  {predicted}{text} (argmax at the last position of the first sequence)")
+    if args.save:
+        _save_outputs(pathlib.Path(args.save), model, outputs)
+        print(f"kirinc: saved {args.save}", file=sys.stderr)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kirinc run",
+        description="Run a model on the torch backend and print (or save) its outputs.",
+        epilog="examples:\n  kirinc run model.kirin --input ids.npy\n"
+        "  kirinc run model.kirin --input prompt.txt --tokenizer tokenizer/ --save logits.npy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help="ONNX or .kirin file")
+    parser.add_argument(
+        "--input", required=True, metavar="FILE",
+        help="token ids as .npy (shape [sequence] or [batch, sequence]), or a text file to "
+        "tokenize with --tokenizer",
+    )
+    parser.add_argument(
+        "--tokenizer", metavar="DIR", help="folder with a tokenizer.json, for text input"
+    )
+    parser.add_argument(
+        "--mode", choices=["float", "qann", "snn"], default="float",
+        help="execution mode: float (activations unquantized), qann (the integer reference) or "
+        "snn (time-stepped spikes) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--save", metavar="OUT", help="save the outputs: .npy for the first output, .npz for all"
+    )
+    return parser
+
+
+def _save_outputs(path: pathlib.Path, model: ir.Model, outputs: list) -> None:
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as file:
+            if path.suffix == ".npy":
+                np.save(file, outputs[0])
+            else:
+                np.savez(file, **{v.name: a for v, a in zip(model.graph.outputs, outputs)})

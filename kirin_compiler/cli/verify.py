@@ -1,0 +1,96 @@
+"""``kirinc verify MODEL.kirin``: prove by execution that the spiking network computes the
+integer network's results bit for bit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Sequence
+
+import onnx_ir as ir
+
+from kirin_compiler import calibration, equivalence
+from kirin_compiler.cli import _common
+from kirin_compiler.errors import KirinError
+from kirin_compiler.format import load_model
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
+    model = load_model(args.model)
+    equivalence.require_spiking(model)
+    name = _common.single_input(model, "kirinc verify")
+    digest = None
+    if args.input is None:  # the calibration inputs, as compiled, unless the user says otherwise
+        recorded = _recorded_calibration(model, args.model)
+        args.input, args.tokenizer = recorded["file"], args.tokenizer or recorded.get("tokenizer")
+        if args.length is None and args.windows is None:
+            args.length, args.windows, digest = recorded["length"], recorded["windows"], recorded["sha256"]
+    args.length = 512 if args.length is None else args.length
+    args.windows = 1 if args.windows is None else args.windows
+    for option in ("length", "windows"):
+        if getattr(args, option) < 1:
+            raise KirinError(f"--{option} {getattr(args, option)}: use at least 1")
+    ids = _common.token_ids(pathlib.Path(args.input), _common.load_tokenizer(args.tokenizer))
+    feeds = [{name: w} for w in calibration.windows(ids, args.length, args.windows)]
+    if digest is not None and calibration.Calibration(feeds, "").digest() != digest:
+        raise KirinError(
+            f"the calibration file '{args.input}' changed since '{args.model}' was compiled: "
+            "give --input FILE"
+        )
+    print(f"kirinc: verifying {args.model} on {len(feeds)} window(s) of {args.input}", file=sys.stderr)
+    report = equivalence.check(model, feeds, progress=sys.stderr.isatty())
+    print(report.table())
+    print(report.summary(), end="")
+    return 0 if report.ok else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kirinc verify",
+        description="Run a compiled model in the qann mode (integer reference) and the snn mode\n"
+        "(time-stepped spikes), compare every integer accumulator, code and output bit for\n"
+        "bit, and print a per-layer table. Exits with status 1 on any mismatch.",
+        epilog="examples:\n  kirinc verify model.kirin                  (its calibration inputs)\n"
+        "  kirinc verify model.kirin --input ids.npy\n"
+        "  kirinc verify model.kirin --input wiki.txt --tokenizer tok/ --windows 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help=".kirin file")
+    parser.add_argument(
+        "--input", metavar="FILE",
+        help="token ids (.npy) or text (with --tokenizer); default: the calibration inputs the "
+        "model was compiled with, if their file is still there and unchanged",
+    )
+    parser.add_argument("--tokenizer", metavar="DIR", help="folder with a tokenizer.json, for text")
+    parser.add_argument("--length", type=int, metavar="N",
+                        help="tokens per window (default: 512, or the calibration's)")
+    parser.add_argument("--windows", type=int, metavar="N",
+                        help="number of windows to run, the first ones (default: 1, or the "
+                        "calibration's)")
+    return parser
+
+
+def _recorded_calibration(model: ir.Model, path: str) -> dict:
+    """The calibration inputs the model at ``path`` records (as ``kirinc --calib`` writes them):
+    ``file``, ``tokenizer``, ``length``, ``windows`` and ``sha256``. A relative file name is
+    looked up in the current folder, then beside the model."""
+    recorded = model.metadata_props.get(calibration.KEY_CALIBRATION)
+    try:
+        provenance = json.loads(recorded or "")
+        source = json.loads(provenance["source"])
+        source = {**source, "sha256": provenance["sha256"]}
+        source["file"], source["length"], source["windows"]  # noqa: B018 (present, or KeyError)
+    except (ValueError, KeyError, TypeError):
+        raise KirinError(
+            f"'{path}' records no calibration file kirinc can read back: give --input FILE"
+        ) from None
+    for candidate in (pathlib.Path(source["file"]), pathlib.Path(path).parent / source["file"]):
+        if candidate.is_file():
+            return {**source, "file": str(candidate)}
+    raise KirinError(
+        f"the calibration file '{source['file']}' that '{path}' was compiled with is gone: "
+        "give --input FILE"
+    )
