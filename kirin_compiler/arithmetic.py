@@ -195,7 +195,9 @@ def split_activation(
         mask = static_mask.expand(magnitude.shape)
     gains = None
     if spike_scale is None:
-        rest = magnitude if mask is None else magnitude.masked_fill(mask, 0.0)
+        rest = None if rest_max is not None and spec.gain_max == 1 else (
+            magnitude if mask is None else magnitude.masked_fill(mask, 0.0)
+        )
         if spec.gain_max > 1:
             blocks = rest.unflatten(-1, (-1, spec.group)).amax(dim=-1).clamp_(min=0)  # [..., G]
             spike_scale = guard(blocks.amax(dim=-1, keepdim=True) * (spec.clip / (hi * spec.gain_max)))
@@ -238,9 +240,8 @@ def activation_codes(split: Split, spec: ActivationSpec) -> tuple[torch.Tensor, 
     rounded = round_codes(split.ratio, lo)
     if split.mask is None:
         return rounded.clamp_(lo, hi), None
-    codes = rounded.masked_fill(split.mask, 0.0).clamp_(lo, hi)
-    outlier_codes = rounded.masked_fill_(~split.mask, 0.0).clamp_(-OUTLIER_TOP if lo else 0, OUTLIER_TOP)
-    return codes, outlier_codes
+    outlier_codes = torch.where(split.mask, rounded, 0.0).clamp_(-OUTLIER_TOP if lo else 0, OUTLIER_TOP)
+    return rounded.masked_fill_(split.mask, 0.0).clamp_(lo, hi), outlier_codes
 
 
 def dequantize_activation(split: Split, spec: ActivationSpec) -> torch.Tensor:

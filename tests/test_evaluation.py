@@ -87,7 +87,7 @@ def test_kirinc_eval_compiles_configurations_in_memory_and_writes_json(capsys, t
         assert f"{entry['perplexity']:.3f}" in table
 
 
-def test_kirinc_eval_scores_a_kirin_file_as_compiled(capsys, tmp_path):
+def test_kirinc_eval_scores_kirin_files_as_compiled_beside_their_onnx_model(capsys, tmp_path):
     compiled = tmp_path / "t.kirin"
     assert main([str(TINY_LLAMA), "-o", str(compiled), "--calib", str(TINY_LLAMA_IDS), "--no-calib-cache"]) == 0
     capsys.readouterr()
@@ -97,6 +97,10 @@ def test_kirinc_eval_scores_a_kirin_file_as_compiled(capsys, tmp_path):
     rows = [line.split() for line in table.splitlines()[3:]]
     assert [r[:2] for r in rows] == [["t.kirin", "float"], ["t.kirin", "qann"]]
     assert all(r[5] == "-" for r in rows)  # no float reference to divide by
+    status, table, _ = _eval(capsys, TINY_LLAMA, compiled, "--text", TINY_LLAMA_IDS, "--length", 16)
+    rows = [line.split() for line in table.splitlines()[3:]]
+    assert [r[0] for r in rows] == ["tiny_llama.onnx", "t.kirin"] and rows[1][1] == "qann"
+    assert float(rows[1][5]) == pytest.approx(float(rows[1][4]) / float(rows[0][5]), abs=2e-3)  # x float
 
 
 @pytest.mark.parametrize(

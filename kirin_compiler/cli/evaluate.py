@@ -1,9 +1,10 @@
 """``kirinc eval MODEL --text FILE``: perplexity on real text, configurations side by side.
 
-A ``.kirin`` file is scored as compiled. An ONNX file is scored as it is (the float reference,
-mode ``float``) and, for every ``-p PIPELINE``, compiled in memory with that pipeline and
-scored in the ``--mode`` modes, so that one command sets the float model, the default pipeline
-and any other configuration side by side on the same windows (``docs/cli.md``).
+Every model given is scored on the same windows: a ``.kirin`` file as compiled, in the
+``--mode`` modes; an ONNX file as it is (mode ``float``: the first one is the reference every
+row is divided by) and, for every ``-p PIPELINE``, compiled in memory with that pipeline and
+scored in the ``--mode`` modes. One command sets the float model, the default pipeline and any
+other configuration side by side (``docs/cli.md``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from kirin_compiler.registry import PassRegistry
 
 _EPILOG = """\
 examples:
-  kirinc eval model.kirin --text wiki.txt --tokenizer tok/
+  kirinc eval model.onnx model.kirin --text wiki.txt --tokenizer tok/ --mode qann --mode snn
   kirinc eval model.onnx --text wiki.txt --tokenizer tok/ -p default --calib calib.txt
   kirinc eval model.onnx --text wiki.txt --tokenizer tok/ --calib calib.txt \\
       -p default -p "linear only=canonicalize,quantize{attention=false},outlier-detect,\\
@@ -63,16 +64,14 @@ def main(argv: Sequence[str]) -> int:
             )
     if args.json:
         check_writable(args.json)
-        read = [args.model, args.text, args.calib]
+        read = [*args.model, args.text, args.calib]
         if any(f and pathlib.Path(f).resolve() == pathlib.Path(args.json).resolve() for f in read):
             raise KirinError(f"--json '{args.json}' is a file this run reads; choose another name")
-    path = pathlib.Path(args.model)
-    source = load_model(path)
-    compiled = KEY_FORMAT_VERSION in source.metadata_props
-    if compiled and configurations:
-        raise KirinError(f"'{args.model}' is already compiled: give its ONNX model to compile "
-                         "it with -p, or leave -p out to score it as it is")
-    name = _common.single_input(source, "kirinc eval")
+    paths = [pathlib.Path(m) for m in args.model]
+    compiled = {path: _check_model(path) for path in paths}
+    if configurations and all(compiled.values()):
+        raise KirinError(f"'{args.model[0]}' is already compiled: -p compiles ONNX models; give "
+                         "the ONNX file, or leave -p out to score the .kirin file as it is")
     ids = _common.token_ids(pathlib.Path(args.text), _common.load_tokenizer(args.tokenizer))
     windows = calibration.windows(ids, args.length, args.windows)
     if len(windows) < args.windows:
@@ -80,29 +79,41 @@ def main(argv: Sequence[str]) -> int:
               f"not {args.windows}", file=sys.stderr)
     modes = args.mode or ["qann"]
     progress = sys.stderr.isatty()
+    sources = [path for path in paths if not compiled[path]]
     scores: list[tuple[Configuration, evaluation.Score]] = []
-    if compiled:
-        own = Configuration(path.name, source.metadata_props.get(KEY_PIPELINE))
-        scores += [(own, s) for s in evaluation.evaluate(source, windows, modes, torch_backend, own.label, progress)]
-    else:
-        reference = Configuration(f"{path.name} (float)", None)
-        result = evaluation.evaluate(source, windows, ["float"], torch_backend, reference.label, progress)
-        scores.append((reference, result[0]))
-    del source
-    for configuration in configurations:
+    for path in paths:
         model = load_model(path)
-        if args.calib is not None:
-            _common.attach_calibration(args, model)
-        compile_model(model, registry.parse_pipeline(configuration.pipeline))
-        result = evaluation.evaluate(model, windows, modes, torch_backend, configuration.label, progress)
-        scores += [(configuration, s) for s in result]
+        if compiled[path]:
+            own = Configuration(path.name, model.metadata_props.get(KEY_PIPELINE))
+            result = evaluation.evaluate(model, windows, modes, torch_backend, own.label, progress)
+        else:
+            own = Configuration(f"{path.name} (float)", None)
+            result = evaluation.evaluate(model, windows, ["float"], torch_backend, own.label, progress)
+        scores += [(own, s) for s in result]
         del model
-    reference = scores[0][1] if not compiled else None
+        for configuration in configurations if not compiled[path] else ():
+            if len(sources) > 1:
+                configuration = dataclasses.replace(configuration, label=f"{path.name}: {configuration.label}")
+            model = load_model(path)
+            if args.calib is not None:
+                _common.attach_calibration(args, model)
+            compile_model(model, registry.parse_pipeline(configuration.pipeline))
+            result = evaluation.evaluate(model, windows, modes, torch_backend, configuration.label, progress)
+            scores += [(configuration, s) for s in result]
+            del model
+    reference = next((s for c, s in scores if c.pipeline is None and s.mode == "float"), None)
     print(_table(scores, reference, args), end="")
     if args.json:
-        _write_json(pathlib.Path(args.json), scores, reference, args, name)
+        _write_json(pathlib.Path(args.json), scores, reference, args)
         print(f"kirinc: wrote {args.json}", file=sys.stderr)
     return 0
+
+
+def _check_model(path: pathlib.Path) -> bool:
+    """Whether the model at ``path`` is a compiled ``.kirin`` one; it must take token ids."""
+    model = load_model(path)
+    _common.single_input(model, "kirinc eval")
+    return KEY_FORMAT_VERSION in model.metadata_props
 
 
 def parser() -> argparse.ArgumentParser:
@@ -113,7 +124,9 @@ def parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", metavar="MODEL", help="ONNX or .kirin file")
+    parser.add_argument("model", nargs="+", metavar="MODEL",
+                        help="ONNX or .kirin files, scored side by side (the first ONNX file in "
+                        "the float mode is the reference)")
     parser.add_argument(
         "--text", required=True, metavar="FILE",
         help="the evaluation text (tokenized with --tokenizer), or its token ids as .npy",
@@ -164,7 +177,7 @@ def _table(scores, reference, args) -> str:
     return head + format_table(rows)
 
 
-def _write_json(path, scores, reference, args, input_name) -> None:
+def _write_json(path, scores, reference, args) -> None:
     results = []
     for configuration, score in scores:
         entry = {
@@ -182,8 +195,8 @@ def _write_json(path, scores, reference, args, input_name) -> None:
             entry["logits_differing_from_qann"] = score.differing
         results.append(entry)
     document = {
-        "model": args.model, "text": args.text, "tokenizer": args.tokenizer, "input": input_name,
-        "length": args.length, "results": results,
+        "models": args.model, "text": args.text, "tokenizer": args.tokenizer, "length": args.length,
+        "results": results,
     }
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(document, indent=2) + "\n")
