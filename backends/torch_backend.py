@@ -180,6 +180,12 @@ class _Lowering:
         module = torch_kirin.MODULES[node.op_type](node.name, attributes, self.mode, self.probe)
         if self.mode == "snn":
             self._check_spiking(node, module)
+        if self.mode != "float" and attributes.get("scale") == "static" and (
+            len(node.inputs) < 2 or node.inputs[1] is None
+        ):
+            raise KirinError(
+                f"node '{node.name}': its static scale is not calibrated yet; run outlier-detect"
+            )
         if node.op_type == SPIKE_MATMUL:
             module.window = _source_window(node)
         if node.op_type == RESCALE:
@@ -189,14 +195,15 @@ class _Lowering:
         while hasattr(self.root, name):
             name += "_"
         self.root.add_module(name, module)
-        args = [self._kirin_operand(value) for value in node.inputs]
         weight, *blocks = _WEIGHT_INPUTS.get(node.op_type, (None,))
-        if weight is not None and node.inputs[weight].const_value is not None:
-            args[weight] = self._synapses(node, weight, blocks)  # in place of (Wq, r, z)
-            module.constant = True
-            for index in blocks:
-                if index < len(args):
-                    args[index] = None
+        constant = weight is not None and node.inputs[weight].const_value is not None
+        args = []
+        for index, value in enumerate(node.inputs):
+            if constant and index == weight:  # the synapses, made once, for (Wq, r, z)
+                args.append(self._synapses(node, weight, blocks))
+            else:
+                args.append(None if constant and index in blocks else self._kirin_operand(value))
+        module.constant = constant
         while args and args[-1] is None:
             args.pop()
         result = self.graph.call_module(name, tuple(args))
@@ -218,7 +225,7 @@ class _Lowering:
         array = value.const_value.numpy()
         if value.const_value.dtype == ir.DataType.INT4:  # shared bytes, widened where used
             array = array.view(np.uint8)
-        elif value.const_value.dtype == ir.DataType.UINT8:  # uint8 means INT4 bytes here
+        elif value.const_value.dtype == ir.DataType.UINT8:  # as int16: uint8 stands for INT4 bytes
             array = array.astype(np.int16)
         return self._buffer(value.name, array, cache_for=value)
 

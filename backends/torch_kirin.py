@@ -91,15 +91,11 @@ class ActQuant(KirinModule):
         )
 
     def forward(self, x, spike_scale=None, outlier_mask=None, outlier_scale=None):
-        a, spec = self.attributes, self.spec
+        spec = self.spec
         if self.mode == "float":
             self.probe.observe(self.node, x, spec.axis)
             one = torch.ones((), dtype=x.dtype)
             return (x, one) if spec.outliers == "none" else (x, one, torch.zeros_like(x), one)
-        if a.get("scale", "token") == "static" and spike_scale is None:
-            raise KirinError(
-                f"node '{self.node}': its static scale is not calibrated yet; run outlier-detect"
-            )
         if self.counting:  # the division, and the scale's maximum unless it is static
             self.probe.count(self.node, float_ops=(1 if spike_scale is not None else 2) * x.numel())
         split = ka.split_activation(x, spec, spike_scale, outlier_mask, outlier_scale)

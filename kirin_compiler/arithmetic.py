@@ -1,9 +1,9 @@
 """The Kirin arithmetic as torch functions: the one implementation both execution modes call.
 
 Everything here follows ``docs/arithmetic.md``. Codes and integer accumulators are held in
-float32 tensors; every sum of integers is exact while it stays below 2^24, and the products
-switch to float64 when a product's partial sums could pass it. The float parts have one fixed order of
-evaluation (`rescale`, then the division by the output step that gives a neuron's normalized
+float tensors; every sum of integers is exact while its partial sums stay below 2^24 in float32
+(or 2^53 in float64), and `integer_matmul` cuts a product into float32 parts that provably do,
+or takes float64. The float parts have one fixed order of evaluation (`rescale`, then the division by the output step that gives a neuron's normalized
 membrane) that the integer reference (``qann``) and the time-stepped network (``snn``) share,
 so the two modes agree bit for bit once their integers do.
 
@@ -337,10 +337,9 @@ def integer_matmul(
     if parts == 1:
         return codes @ weights
     size = depth // parts
-    total = None
-    for start in range(0, depth, size):
-        part = (codes[..., start : start + size] @ weights[..., start : start + size, :]).double()
-        total = part if total is None else total.add_(part)
+    total = (codes[..., :size] @ weights[..., :size, :]).double()
+    for start in range(size, depth, size):  # float64 holds the sum exactly
+        total.add_(codes[..., start : start + size] @ weights[..., start : start + size, :])
     return total
 
 
@@ -451,8 +450,8 @@ def integrate_spikes(
     ``T - t_k = |q_k|`` times, so ``V[T] = sum_k p_k |q_k| W[k, n]``: the spike path of the
     integer product. ``weights`` are the product's synapses (`synapses`) or an attention
     product's right operand. Every current and membrane is a partial sum of the integer product,
-    so the float type of `exact_kind` for the codes the train carries keeps them exact. Membrane
-    updates are counted only when ``count`` is set.
+    bounded as `exact_chunks` bounds its parts: float32 when one part is exact for the codes the
+    train carries, float64 otherwise. Membrane updates are counted only when ``count`` is set.
     """
     steps = train.shape[0]
     kind = torch.float32 if exact_chunks(spike_codes(train), weights) == 1 else torch.float64
@@ -520,8 +519,8 @@ def quantize_weight(
     ``group`` input rows, in two steps.
 
     1. A float grid per block, ``w ~ d * q + o`` with ``q`` in `weight_code_range`. Symmetric:
-       ``d = c * max|W| / top``, ``o = 0``. Asymmetric: the range ``[c * min W, c * max W]`` cut
-       into ``2^b - 1`` steps, ``o`` the value of code 0. With ``clip_search`` each block takes
+       ``d = c * max|W| / top``, ``o = 0``. Asymmetric: the range ``[min W, max W]`` shrunk by
+       ``c`` about its middle and cut into ``2^b - 1`` steps, ``o`` the value of code 0. With ``clip_search`` each block takes
        the ``c`` of `CLIP_CANDIDATES` with the least squared error (the largest on a tie),
        else ``c = 1``. A weight already on such a grid (a Q4_1 model: blocks of 32,
        ``w = d * u + m``) has its extremes at the grid's ends and is found again at ``c = 1``.
@@ -542,7 +541,13 @@ def quantize_weight(
         top, bottom = blocks.abs().amax(dim=1, keepdim=True), None
     best = None
     for c in CLIP_CANDIDATES if clip_search else (1.0,):
-        candidate = _weight_grid(blocks, top * c, None if bottom is None else bottom * c, lo, hi)
+        if bottom is None:
+            candidate = _weight_grid(blocks, top * c, None, lo, hi)
+        elif c == 1.0:  # the block's own range, exactly
+            candidate = _weight_grid(blocks, top, bottom, lo, hi)
+        else:  # the range shrinks about its middle: a block away from zero keeps its place
+            middle, half = (top + bottom) / 2, (top - bottom) / 2
+            candidate = _weight_grid(blocks, middle + half * c, middle - half * c, lo, hi)
         if best is None:
             best = candidate
             continue

@@ -87,7 +87,7 @@ class Search:
     """Measure a quantizer's error under each clipping ratio of ``clips``: the sum over the
     observed tokens of ``importance[k] * (x - dequantized x)^2`` (``importance``: one weight
     per channel of the last axis, or None for 1), with the codes of ``spec`` and
-    ``ceil(fraction * K)`` outliers per token of ``K`` channels."""
+    `arithmetic.outlier_count` outliers per token."""
 
     spec: arithmetic.ActivationSpec
     fraction: float

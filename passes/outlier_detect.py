@@ -49,7 +49,7 @@ ACT_CLIPS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7)  # clipping ratios of the run-time 
 @dataclasses.dataclass(frozen=True)
 class OutlierDetectPass(Pass):
     """Calibration, then 8-bit outliers per product (chosen per token or as static channels)
-    within a budget, and the static scales."""
+    within a budget, the clipping of run-time scales, and the static scales."""
 
     name = "outlier-detect"
     requires_passes = ("quantize",)

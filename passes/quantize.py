@@ -12,7 +12,7 @@ Rewrite rules (the math is in ``docs/arithmetic.md``, sections 1 and 2):
 2. Its input ``x`` gets an ``ActQuant`` with per-token scales (``axis=-1``) and signed 4-bit
    codes; with ``act_group``, every block of that many channels has a gain of ``gain_bits``
    (``group`` and ``gain_bits`` attributes). An input that comes out of a ``Relu`` gets
-   unsigned codes and, with ``relu_static``, a static scale (calibrated by
+   unsigned codes, without gains, and, with ``relu_static``, a static scale (calibrated by
    ``outlier-detect``), so that the producing product's output neurons can fire its spikes
    (``threshold-insert``). Products reading the same value share its quantizer.
 3. ``attn-qk``, ``Q · K^T``: ``Q`` gets per-token signed codes; ``K^T`` (the product's right
@@ -115,7 +115,7 @@ class QuantizePass(Pass):
         ]
         unsigned = _after_relu(x)
         static = unsigned and self.relu_static
-        act_group = 0 if static else _blocks(self.act_group, depth)
+        act_group = 0 if unsigned else _blocks(self.act_group, depth)  # gains: signed codes only
         act = self._quantizer(
             graph, node, x, -1, self.act_bits, not unsigned, static, quantizers, names, act_group
         )

@@ -128,3 +128,15 @@ def test_kirinc_eval_refuses_to_compile_a_kirin_file_again(capsys, tmp_path):
     capsys.readouterr()
     status, _, err = _eval(capsys, compiled, "--text", TINY_LLAMA_IDS, "-p", "canonicalize")
     assert status == 2 and "is already compiled" in err
+
+
+def test_every_row_is_divided_by_the_float_score_of_its_own_onnx_model(capsys):
+    opt = TINY_LLAMA.with_name("wiki_opt.onnx")
+    status, table, _ = _eval(capsys, TINY_LLAMA, opt, "--text", TINY_LLAMA_IDS, "--length", 8, "--windows", 2,
+                             "--calib", TINY_LLAMA_IDS, "--calib-length", 8, "--no-calib-cache", "-p", "default")
+    assert status == 0
+    rows = {line.rsplit("  ", 1)[0].split("  ")[0].strip(): line.split() for line in table.splitlines()[3:]}
+    float_ppl = {name: float(rows[f"{name} (float)"][-3]) for name in ("tiny_llama.onnx", "wiki_opt.onnx")}
+    for name in float_ppl:
+        row = rows[f"{name}: default"]
+        assert float(row[-2]) == pytest.approx(float(row[-3]) / float_ppl[name], abs=2e-3)

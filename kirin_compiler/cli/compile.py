@@ -6,6 +6,7 @@ import argparse
 import json
 import pathlib
 import sys
+import textwrap
 from typing import Sequence
 
 from kirin_compiler import __version__
@@ -22,7 +23,7 @@ from kirin_compiler.format import (
     save_kirin,
     source_provenance,
 )
-from kirin_compiler.instruments import DumpDir, PrintChanged, PrintIR, TimePasses, format_table
+from kirin_compiler.instruments import DumpDir, PrintChanged, PrintIR, TimePasses
 from kirin_compiler.pass_manager import format_option, node_count
 from kirin_compiler.registry import PassRegistry, type_name
 
@@ -176,13 +177,24 @@ def _instruments(args: argparse.Namespace) -> list:
 
 
 def _passes_table(registry: PassRegistry) -> str:
-    rows = [("pass", "options", "requires", "description")]
+    """Each pass: its name and prerequisites, its description, and its options with their
+    types and defaults, wrapped at 80 columns."""
+    lines = []
     for pass_class in registry:
         defaults = pass_class()
-        options = ", ".join(
+        options = [
             f"{name}: {type_name(kind)} = {format_option(getattr(defaults, name))}"
             for name, kind in pass_class.option_types().items()
-        )
-        requires = ", ".join(pass_class.requires_passes)
-        rows.append((pass_class.name, options or "-", requires or "-", pass_class.summary()))
-    return format_table(rows)
+        ]
+        requires = ", ".join(pass_class.requires_passes) or "-"
+        lines.append(f"{pass_class.name}  (requires: {requires})")
+        lines += textwrap.wrap(pass_class.summary(), 80, initial_indent="  ", subsequent_indent="  ")
+        line = "  options:"
+        for index, option in enumerate(options or ["none"]):
+            text = option + ("," if index < len(options) - 1 else "")
+            if len(line) + 1 + len(text) > 80:
+                lines.append(line)
+                line = "   "
+            line += " " + text
+        lines.append(line)
+    return "\n".join(lines) + "\n"

@@ -1,9 +1,10 @@
 """``kirinc eval MODEL --text FILE``: perplexity on real text, configurations side by side.
 
 Every model given is scored on the same windows: a ``.kirin`` file as compiled, in the
-``--mode`` modes; an ONNX file as it is (mode ``float``: the first one is the reference every
-row is divided by) and, for every ``-p PIPELINE``, compiled in memory with that pipeline and
-scored in the ``--mode`` modes. One command sets the float model, the default pipeline and any
+``--mode`` modes; an ONNX file as it is (mode ``float``: the reference of every row made from
+it) and, for every ``-p PIPELINE``, compiled in memory with that pipeline and scored in the
+``--mode`` modes. A ``.kirin`` row's reference is the ONNX file given whose SHA-256 the file
+records as its source. One command sets the float model, the default pipeline and any
 other configuration side by side (``docs/cli.md``).
 """
 
@@ -23,7 +24,15 @@ from kirin_compiler.backends.torch_kirin import MODES
 from kirin_compiler.cli import _common
 from kirin_compiler.compiler import DEFAULT_PIPELINE, compile_model
 from kirin_compiler.errors import KirinError
-from kirin_compiler.format import KEY_FORMAT_VERSION, KEY_PIPELINE, atomic_path, check_writable, load_model
+from kirin_compiler.format import (
+    KEY_FORMAT_VERSION,
+    KEY_PIPELINE,
+    KEY_SOURCE,
+    atomic_path,
+    check_writable,
+    load_model,
+    source_provenance,
+)
 from kirin_compiler.instruments import format_table
 from kirin_compiler.registry import PassRegistry
 
@@ -44,6 +53,7 @@ Rows of the snn mode beside the qann mode say whether their logits are bitwise t
 class Configuration:
     label: str
     pipeline: str | None  # None: the model as it is
+    source: str | None = None  # the SHA-256 of the ONNX file it comes from, if known
 
 
 def main(argv: Sequence[str]) -> int:
@@ -84,16 +94,16 @@ def main(argv: Sequence[str]) -> int:
     for path in paths:
         model = load_model(path)
         if compiled[path]:
-            own = Configuration(path.name, model.metadata_props.get(KEY_PIPELINE))
+            own = Configuration(path.name, model.metadata_props.get(KEY_PIPELINE), _recorded_source(model))
             result = evaluation.evaluate(model, windows, modes, torch_backend, own.label, progress)
         else:
-            own = Configuration(f"{path.name} (float)", None)
+            own = Configuration(f"{path.name} (float)", None, source_provenance(path)["sha256"])
             result = evaluation.evaluate(model, windows, ["float"], torch_backend, own.label, progress)
         scores += [(own, s) for s in result]
         del model
         for configuration in configurations if not compiled[path] else ():
-            if len(sources) > 1:
-                configuration = dataclasses.replace(configuration, label=f"{path.name}: {configuration.label}")
+            label = f"{path.name}: {configuration.label}" if len(sources) > 1 else configuration.label
+            configuration = dataclasses.replace(configuration, label=label, source=own.source)
             model = load_model(path)
             if args.calib is not None:
                 _common.attach_calibration(args, model)
@@ -101,12 +111,22 @@ def main(argv: Sequence[str]) -> int:
             result = evaluation.evaluate(model, windows, modes, torch_backend, configuration.label, progress)
             scores += [(configuration, s) for s in result]
             del model
-    reference = next((s for c, s in scores if c.pipeline is None and s.mode == "float"), None)
-    print(_table(scores, reference, args), end="")
+    # each row against the float score of the ONNX file it was compiled from
+    references = {c.source: s for c, s in scores if c.pipeline is None and s.mode == "float" and c.source}
+    rows = [(c, s, references.get(c.source)) for c, s in scores]
+    print(_table(rows, args), end="")
     if args.json:
-        _write_json(pathlib.Path(args.json), scores, reference, args)
+        _write_json(pathlib.Path(args.json), rows, args)
         print(f"kirinc: wrote {args.json}", file=sys.stderr)
     return 0
+
+
+def _recorded_source(model) -> str | None:
+    """The SHA-256 of the ONNX file a ``.kirin`` model was compiled from, as it records it."""
+    try:
+        return json.loads(model.metadata_props.get(KEY_SOURCE, "")).get("sha256")
+    except (ValueError, AttributeError):
+        return None
 
 
 def _check_model(path: pathlib.Path) -> bool:
@@ -125,8 +145,8 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", nargs="+", metavar="MODEL",
-                        help="ONNX or .kirin files, scored side by side (the first ONNX file in "
-                        "the float mode is the reference)")
+                        help="ONNX or .kirin files, scored side by side; every compiled row is "
+                        "divided by the float score of the ONNX file it comes from")
     parser.add_argument(
         "--text", required=True, metavar="FILE",
         help="the evaluation text (tokenized with --tokenizer), or its token ids as .npy",
@@ -164,22 +184,22 @@ def _configuration(text: str, registry: PassRegistry) -> Configuration:
     return Configuration(label or pipeline, pipeline)
 
 
-def _table(scores, reference, args) -> str:
-    rows = [("model", "mode", "windows", "tokens", "perplexity", "x float", "= qann")]
-    for configuration, score in scores:
+def _table(rows, args) -> str:
+    table = [("model", "mode", "windows", "tokens", "perplexity", "x float", "= qann")]
+    for configuration, score, reference in rows:
         ratio = f"{score.perplexity / reference.perplexity:.3f}" if reference else "-"
         same = "-" if score.differing is None else (
             "bitwise" if score.differing == 0 else f"{score.differing:,} differ"
         )
-        rows.append((configuration.label, score.mode, str(score.windows), f"{score.tokens:,}",
-                     f"{score.perplexity:.3f}", ratio, same))
+        table.append((configuration.label, score.mode, str(score.windows), f"{score.tokens:,}",
+                      f"{score.perplexity:.3f}", ratio, same))
     head = f"{args.text}: windows of {args.length} tokens, each scored on its own\n"
-    return head + format_table(rows)
+    return head + format_table(table)
 
 
-def _write_json(path, scores, reference, args) -> None:
+def _write_json(path, rows, args) -> None:
     results = []
-    for configuration, score in scores:
+    for configuration, score, reference in rows:
         entry = {
             "model": configuration.label,
             "pipeline": configuration.pipeline,

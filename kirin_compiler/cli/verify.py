@@ -22,24 +22,26 @@ def main(argv: Sequence[str]) -> int:
     model = load_model(args.model)
     equivalence.require_spiking(model)
     name = _common.single_input(model, "kirinc verify")
-    digest = None
+    recorded = None
     if args.input is None:  # the calibration inputs, as compiled, unless the user says otherwise
         recorded = _recorded_calibration(model, args.model)
         args.input, args.tokenizer = recorded["file"], args.tokenizer or recorded.get("tokenizer")
-        if args.length is None and args.windows is None:
-            args.length, args.windows, digest = recorded["length"], recorded["windows"], recorded["sha256"]
+        args.length = recorded["length"] if args.length is None else args.length
+        args.windows = recorded["windows"] if args.windows is None else args.windows
     args.length = 512 if args.length is None else args.length
     args.windows = 1 if args.windows is None else args.windows
     for option in ("length", "windows"):
         if getattr(args, option) < 1:
             raise KirinError(f"--{option} {getattr(args, option)}: use at least 1")
     ids = _common.token_ids(pathlib.Path(args.input), _common.load_tokenizer(args.tokenizer))
+    if recorded is not None:  # the file must still hold the windows the model was compiled with
+        compiled = calibration.windows(ids, recorded["length"], recorded["windows"])
+        if calibration.Calibration([{name: w} for w in compiled], "").digest() != recorded["sha256"]:
+            raise KirinError(
+                f"the calibration file '{args.input}' changed since '{args.model}' was compiled: "
+                "give --input FILE"
+            )
     feeds = [{name: w} for w in calibration.windows(ids, args.length, args.windows)]
-    if digest is not None and calibration.Calibration(feeds, "").digest() != digest:
-        raise KirinError(
-            f"the calibration file '{args.input}' changed since '{args.model}' was compiled: "
-            "give --input FILE"
-        )
     print(f"kirinc: verifying {args.model} on {len(feeds)} window(s) of {args.input}", file=sys.stderr)
     report = equivalence.check(model, feeds, progress=sys.stderr.isatty())
     print(report.table())
@@ -66,10 +68,10 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tokenizer", metavar="DIR", help="folder with a tokenizer.json, for text")
     parser.add_argument("--length", type=int, metavar="N",
-                        help="tokens per window (default: 512, or the calibration's)")
+                        help="tokens per window (default: the calibration's, or 512 with --input)")
     parser.add_argument("--windows", type=int, metavar="N",
-                        help="number of windows to run, the first ones (default: 1, or the "
-                        "calibration's)")
+                        help="number of windows to run, the first ones (default: the "
+                        "calibration's, or 1 with --input)")
     return parser
 
 
