@@ -99,16 +99,16 @@ class ActQuant(KirinModule):
         if self.counting:  # the division, and the scale's maximum unless it is static
             self.probe.count(self.node, float_ops=(1 if spike_scale is not None else 2) * x.numel())
         split = ka.split_activation(x, spec, spike_scale, outlier_mask, outlier_scale)
-        codes = self.spike_codes(split)
-        if split.mask is None:
-            return codes, split.spike_scale
-        _, outlier_codes = ka.activation_codes(split, spec)
+        codes, outlier_codes = ka.activation_codes(split, spec)
+        spikes = self.spikes(split, codes)
+        if outlier_codes is None:
+            return spikes, split.spike_scale
         self.probe.integers(self.node, "outlier-codes", outlier_codes)
-        return codes, split.spike_scale, outlier_codes, split.outlier_scale
+        return spikes, split.spike_scale, outlier_codes, split.outlier_scale
 
-    def spike_codes(self, split: ka.Split) -> torch.Tensor:
-        """The codes the products read: the spike codes times their block gains."""
-        codes = ka.with_gains(ka.activation_codes(split, self.spec)[0], split.gains)
+    def spikes(self, split: ka.Split, codes: torch.Tensor) -> torch.Tensor:
+        """What the spiking products read: the spike ``codes`` times their block gains."""
+        codes = ka.with_gains(codes, split.gains)
         self.probe.integers(self.node, "codes", codes)
         return codes
 
@@ -119,18 +119,15 @@ class TTFSEncoder(ActQuant):
     In the snn mode each neuron's normalized membrane is its ``ratio`` (``x / (gain * s_N)``:
     its input is complete when its window opens) and `arithmetic.fire` runs the threshold
     schedule over ``window`` steps. Output 0 is the spike train; a spike carries its block's
-    gain (a graded spike) when the quantizer has gains, so that `spike_codes` recovers exactly
-    the qann codes."""
+    gain (a graded spike) when the quantizer has gains, so that `arithmetic.spike_codes`
+    recovers exactly the qann codes."""
 
-    def spike_codes(self, split: ka.Split) -> torch.Tensor:
+    def spikes(self, split: ka.Split, codes: torch.Tensor) -> torch.Tensor:
         steps = self.attributes["window"]
         if self.mode != "snn":
-            codes, _ = ka.activation_codes(split, self.spec)
             if self.counting:
                 _report_codes(self.probe, self.node, codes, steps)
-            codes = ka.with_gains(codes, split.gains)
-            self.probe.integers(self.node, "codes", codes)
-            return codes
+            return super().spikes(split, codes)
         ratio = split.ratio if split.mask is None else split.ratio.masked_fill(split.mask, 0.0)
         lo = ka.code_range(self.spec.bits, self.spec.signed)[0]
         train, comparisons = ka.fire(ratio, steps, lo, count=self.probe.counts_operations)

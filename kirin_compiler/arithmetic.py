@@ -22,6 +22,7 @@ the comparison a neuron makes (``floor(r + 1/2)`` is not exact: it rounds ``0.5 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -269,12 +270,12 @@ def exact_chunks(
     depth = codes.shape[-1]
     if codes.numel() == 0 or weights.numel() == 0:
         return 1
-    rows = codes.reshape(-1, depth).float().square()
+    rows = codes.reshape(-1, depth)
     parts = 1
     while depth % parts == 0 and depth // parts >= 16:
-        row_energy = rows.view(len(rows), parts, -1).sum(dim=-1).amax(dim=0)  # [parts]
+        row_norm = torch.linalg.vector_norm(rows.view(len(rows), parts, -1), dim=-1).amax(dim=0)
         column_energy_ = energy(parts) if energy is not None else column_energy(weights, parts)
-        if float((row_energy * column_energy_).max()) * 1.002 < float(EXACT_FLOAT32) ** 2:
+        if float((row_norm.square() * column_energy_).max()) * 1.002 < float(EXACT_FLOAT32) ** 2:
             return parts
         parts *= 2
     return None
@@ -321,19 +322,18 @@ def integer_matmul(
     added in float64, or one float64 product.
 
     ``weights`` is a linear product's synapses (`synapses`) or an attention product's right
-    operand. With ``sparse`` (the outlier codes: a few per row), when fewer than half the input
-    channels are non-zero in some row only those are multiplied: the same integers, for less
-    work."""
+    operand. With ``sparse`` (the outlier codes: a few per row) a linear product runs as a
+    sparse product of the rows' non-zero codes (CSR): the same integers, for less work."""
     depth = codes.shape[-1]
-    if sparse and weights.dim() == 2:
-        used = codes.reshape(-1, depth).any(dim=0).nonzero().squeeze(1)
-        if 2 * len(used) < depth:
-            codes, weights = codes.index_select(-1, used), weights.index_select(0, used)
-            depth, energy = len(used), None
     parts = exact_chunks(codes, weights, energy)
     if parts is None:
         return widen(codes, torch.float64) @ widen(weights, torch.float64)
     codes, weights = widen(codes), widen(weights)
+    if parts == 1 and sparse and weights.dim() == 2:  # a sparse product, rows of few codes
+        with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            rows = codes.reshape(-1, depth).to_sparse_csr()
+            return torch.sparse.mm(rows, weights).view(*codes.shape[:-1], weights.shape[-1])
     if parts == 1:
         return codes @ weights
     size = depth // parts
