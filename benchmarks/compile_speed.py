@@ -27,6 +27,8 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _load import machine_load  # noqa: E402
+
 THREADS = 2
 
 
@@ -50,7 +52,7 @@ def main() -> int:
         ort_bytes = _size(folder / "smollm2.qdq.onnx")
 
     print()
-    print("SmolLM2-135M, compile on the protocol's 8 calibration windows (2 cores)")
+    print(f"SmolLM2-135M, compile on the protocol's 8 calibration windows ({machine_load()} at the end)")
     print(f"{'':<36}{'seconds':>9}{'peak GB':>9}{'file MB':>9}")
     print(f"{'kirinc (default pipeline)':<36}{ours[0]:>9.1f}{ours[1] / 1e9:>9.2f}{kirin_bytes / 1e6:>9.1f}")
     print(f"{'onnxruntime quantize_static':<36}{peer[0]:>9.1f}{peer[1] / 1e9:>9.2f}{ort_bytes / 1e6:>9.1f}")
@@ -65,7 +67,7 @@ def main() -> int:
 
 def _timed(command: list[str]) -> tuple[float, int]:
     """Wall seconds and peak bytes (the child's own VmHWM, printed by _peak.py)."""
-    print("$", " ".join(command), flush=True)
+    print(f"$ {' '.join(command)}    # {machine_load()}", flush=True)
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start

@@ -3,7 +3,7 @@
 Prints, in one run, the median time of a forward in the ``float`` mode (4-bit weights, float
 activations), the ``qann`` mode (the integer reference) and the ``snn`` mode (every time step
 simulated), each in its own process, with the ratios the project holds itself to: qann at most
-2x float, snn at most 10x qann::
+2x float, snn at most 10x qann; the machine's load is printed before each mode::
 
     make bench-deps
     .venv/bin/python benchmarks/kirin_modes_speed.py [--workdir DIR] [--repeats 3]
@@ -22,6 +22,8 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from _load import machine_load  # noqa: E402
 
 THREADS = 2
 BOUNDS = {"qann": ("float", 2.0), "snn": ("qann", 10.0)}
@@ -44,13 +46,14 @@ def main() -> int:
         context = multiprocessing.get_context("spawn")
         seconds = {}
         for mode in ("float", "qann", "snn"):
+            print(f"  {mode:<6} starting at {machine_load()}", flush=True)
             with context.Pool(1) as pool:
                 seconds[mode] = pool.apply(_measure, (str(compiled), str(evaluation), mode, args.repeats))
             print(f"  {mode:<6} {seconds[mode]:.3f} s", flush=True)
 
     print()
     print(f"SmolLM2-135M compiled (default pipeline), 1x512 forward, {THREADS} threads, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}, {machine_load()} at the end")
     print(f"{'mode':<8}{'seconds':>9}{'ratio':>16}{'bound':>8}")
     for mode, value in seconds.items():
         if mode in BOUNDS:
