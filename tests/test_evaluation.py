@@ -7,6 +7,7 @@ import math
 import shutil
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 from conftest import TINY_LLAMA, TINY_LLAMA_IDS
@@ -110,16 +111,25 @@ def test_kirinc_eval_scores_kirin_files_as_compiled_beside_their_onnx_model(caps
         (["-p", "default"], "pipeline 'default' calibrates: give --calib"),
         (["-p", "canonicalize,no-such-pass"], "unknown pass 'no-such-pass'"),
         (["--json", "{model}"], "is a file this run reads; choose another name"),
+        (["--json", "{weights}"], "which holds the input's weights; choose another output name"),
+        (["--length", "1"], "--length 1: use at least 2"),
+        (["--text", "{one_token}"], "has no token to score: a window needs at least 2 tokens"),
+        (["--text", "{past_vocabulary}", "--windows", "1"], "failed on the ids of"),
+        (["-p", "default", "--calib", "{missing}"], "does not exist"),
     ],
 )
 def test_kirinc_eval_bad_input_is_one_line(capsys, tmp_path, argv, message):
     model = tmp_path / "m.onnx"
-    shutil.copy(TINY_LLAMA, model)
-    before = model.read_bytes()
-    argv = [a.replace("{model}", str(model)) for a in argv]
+    onnx.save(onnx.load(TINY_LLAMA), model, save_as_external_data=True, location="m.weights", size_threshold=0)
+    np.save(tmp_path / "one.npy", np.array([[5]]))
+    np.save(tmp_path / "past.npy", np.array([[5, 6, 100_000]]))
+    files = {"model": model, "weights": tmp_path / "m.weights", "one_token": tmp_path / "one.npy",
+             "past_vocabulary": tmp_path / "past.npy", "missing": tmp_path / "missing.npy"}
+    before = {path: path.read_bytes() for path in tmp_path.iterdir()}
+    argv = [a.format(**files) if a.startswith("{") else a for a in argv]
     status, _, err = _eval(capsys, model, "--text", TINY_LLAMA_IDS, "--length", 8, *argv)
     assert status == 2 and len(err.strip().splitlines()) == 1 and message in err
-    assert model.read_bytes() == before
+    assert {path: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
 def test_kirinc_eval_refuses_to_compile_a_kirin_file_again(capsys, tmp_path):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import sys
@@ -44,15 +45,34 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
 def calibration_feeds(args: argparse.Namespace, model: ir.Model) -> tuple[list, str]:
     """The calibration windows of ``--calib`` as feeds, and their provenance."""
     name = single_input(model, "--calib")
-    for option in ("calib_length", "calib_windows"):
-        if getattr(args, option) < 1:
-            raise KirinError(f"--{option.replace('_', '-')} {getattr(args, option)}: use at least 1")
+    require_at_least(args, 1, "calib_length", "calib_windows")
     ids = token_ids(pathlib.Path(args.calib), load_tokenizer(args.tokenizer))
     windows = calibration.windows(ids, args.calib_length, args.calib_windows)
     source = {"file": str(args.calib), "length": args.calib_length, "windows": args.calib_windows}
     if args.tokenizer:
         source["tokenizer"] = str(args.tokenizer)
     return [{name: w} for w in windows], json.dumps(source, sort_keys=True)
+
+
+def require_at_least(args: argparse.Namespace, least: int, *options: str) -> None:
+    """Refuses an integer option (``--calib-length`` for ``calib_length``) below ``least``."""
+    for option in options:
+        if getattr(args, option) < least:
+            raise KirinError(f"--{option.replace('_', '-')} {getattr(args, option)}: use at least {least}")
+
+
+@contextlib.contextmanager
+def failing_on(model: str, inputs: str, ids: np.ndarray):
+    """Turns the error of a model run on the token ids of ``inputs`` (for example a token id
+    past the vocabulary) into one line that names them."""
+    try:
+        yield
+    except (RuntimeError, IndexError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise KirinError(
+            f"'{model}' failed on the ids of '{inputs}' "
+            f"(values {ids.min()}..{ids.max()}, shape {list(ids.shape)}): {reason}"
+        ) from error
 
 
 def single_input(model: ir.Model, what: str) -> str:
@@ -105,9 +125,14 @@ def token_ids(path: pathlib.Path, tokenizer: tokenizers.Tokenizer | None) -> np.
     return np.asarray([ids], dtype=np.int64)
 
 
-def attach_calibration(args: argparse.Namespace, model: ir.Model) -> None:
-    """Attaches the ``--calib`` windows to ``model`` for its calibrating passes."""
+def calibration_of(args: argparse.Namespace, model: ir.Model) -> calibration.Calibration:
+    """The ``--calib`` windows for ``model``'s calibrating passes, and where their statistics
+    are cached."""
     cache = None if args.no_calib_cache else pathlib.Path(args.calib_cache).expanduser()
     feeds, source = calibration_feeds(args, model)
-    progress = sys.stderr.isatty()
-    calibration.attach(model, calibration.Calibration(feeds, source, cache, progress))
+    return calibration.Calibration(feeds, source, cache, sys.stderr.isatty())
+
+
+def attach_calibration(args: argparse.Namespace, model: ir.Model) -> None:
+    """Attaches the ``--calib`` windows to ``model`` for its calibrating passes."""
+    calibration.attach(model, calibration_of(args, model))

@@ -18,6 +18,8 @@ import re
 import sys
 from typing import Sequence
 
+import onnx_ir as ir
+
 from kirin_compiler import calibration, evaluation
 from kirin_compiler.backends import torch_backend
 from kirin_compiler.backends.torch_kirin import MODES
@@ -29,6 +31,7 @@ from kirin_compiler.format import (
     KEY_PIPELINE,
     KEY_SOURCE,
     atomic_path,
+    check_not_weights_in_use,
     check_writable,
     load_model,
     source_provenance,
@@ -58,13 +61,18 @@ class Configuration:
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
-    for option in ("windows", "length"):
-        if getattr(args, option) < 1:
-            raise KirinError(f"--{option} {getattr(args, option)}: use at least 1")
+    _common.require_at_least(args, 1, "windows")
+    _common.require_at_least(args, 2, "length")  # a window scores its tokens after the first
     registry = PassRegistry.default()
     for spec in args.load_pass:
         registry.load(spec)
     configurations = [_configuration(text, registry) for text in args.passes]
+    paths = [pathlib.Path(m) for m in args.model]
+    models = {path: _check_model(path) for path in paths}
+    compiled = {path: KEY_FORMAT_VERSION in model.metadata_props for path, model in models.items()}
+    if configurations and all(compiled.values()):
+        raise KirinError(f"'{args.model[0]}' is already compiled: -p compiles ONNX models; give "
+                         "the ONNX file, or leave -p out to score the .kirin file as it is")
     for configuration in configurations:
         calibrating = any(p.needs_calibration for p in registry.parse_pipeline(configuration.pipeline))
         if calibrating and args.calib is None:
@@ -77,39 +85,46 @@ def main(argv: Sequence[str]) -> int:
         read = [*args.model, args.text, args.calib]
         if any(f and pathlib.Path(f).resolve() == pathlib.Path(args.json).resolve() for f in read):
             raise KirinError(f"--json '{args.json}' is a file this run reads; choose another name")
-    paths = [pathlib.Path(m) for m in args.model]
-    compiled = {path: _check_model(path) for path in paths}
-    if configurations and all(compiled.values()):
-        raise KirinError(f"'{args.model[0]}' is already compiled: -p compiles ONNX models; give "
-                         "the ONNX file, or leave -p out to score the .kirin file as it is")
+        for model in models.values():
+            check_not_weights_in_use(model, [pathlib.Path(args.json)])
+    sources = [path for path in paths if not compiled[path]]
+    calibrated = {}  # read once a source, before any work, for all its configurations
+    if configurations and args.calib is not None:
+        calibrated = {path: _common.calibration_of(args, models[path]) for path in sources}
+    del models
     ids = _common.token_ids(pathlib.Path(args.text), _common.load_tokenizer(args.tokenizer))
     windows = calibration.windows(ids, args.length, args.windows)
+    if all(w.shape[1] < 2 for w in windows):
+        raise KirinError(f"'{args.text}' has no token to score: a window needs at least 2 tokens")
     if len(windows) < args.windows:
-        print(f"kirinc: '{args.text}' has {len(windows)} window(s) of {args.length} tokens, "
+        print(f"kirinc: '{args.text}' has {len(windows)} window(s) of up to {args.length} tokens, "
               f"not {args.windows}", file=sys.stderr)
     modes = args.mode or ["qann"]
     progress = sys.stderr.isatty()
-    sources = [path for path in paths if not compiled[path]]
     scores: list[tuple[Configuration, evaluation.Score]] = []
+
+    def score(model, configuration: Configuration, modes: Sequence[str], path: pathlib.Path) -> None:
+        with _common.failing_on(str(path), args.text, ids):
+            result = evaluation.evaluate(model, windows, modes, torch_backend, configuration.label, progress)
+        scores.extend((configuration, s) for s in result)
+
     for path in paths:
         model = load_model(path)
         if compiled[path]:
             own = Configuration(path.name, model.metadata_props.get(KEY_PIPELINE), _recorded_source(model))
-            result = evaluation.evaluate(model, windows, modes, torch_backend, own.label, progress)
+            score(model, own, modes, path)
         else:
             own = Configuration(f"{path.name} (float)", None, source_provenance(path)["sha256"])
-            result = evaluation.evaluate(model, windows, ["float"], torch_backend, own.label, progress)
-        scores += [(own, s) for s in result]
+            score(model, own, ["float"], path)
         del model
         for configuration in configurations if not compiled[path] else ():
             label = f"{path.name}: {configuration.label}" if len(sources) > 1 else configuration.label
             configuration = dataclasses.replace(configuration, label=label, source=own.source)
             model = load_model(path)
-            if args.calib is not None:
-                _common.attach_calibration(args, model)
+            if path in calibrated:
+                calibration.attach(model, calibrated[path])
             compile_model(model, registry.parse_pipeline(configuration.pipeline))
-            result = evaluation.evaluate(model, windows, modes, torch_backend, configuration.label, progress)
-            scores += [(configuration, s) for s in result]
+            score(model, configuration, modes, path)
             del model
     # each row against the float score of the ONNX file it was compiled from
     references = {c.source: s for c, s in scores if c.pipeline is None and s.mode == "float" and c.source}
@@ -129,11 +144,11 @@ def _recorded_source(model) -> str | None:
         return None
 
 
-def _check_model(path: pathlib.Path) -> bool:
-    """Whether the model at ``path`` is a compiled ``.kirin`` one; it must take token ids."""
+def _check_model(path: pathlib.Path) -> ir.Model:
+    """The model at ``path``, which must take token ids."""
     model = load_model(path)
     _common.single_input(model, "kirinc eval")
-    return KEY_FORMAT_VERSION in model.metadata_props
+    return model
 
 
 def parser() -> argparse.ArgumentParser:

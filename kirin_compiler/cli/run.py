@@ -28,14 +28,8 @@ def main(argv: Sequence[str]) -> int:
     model = load_model(args.model)
     name = _common.single_input(model, "kirinc run")
     module = torch_backend.lower(model, args.mode)
-    try:
+    with _common.failing_on(args.model, args.input, ids):
         outputs = torch_backend.run(module, model, {name: ids})
-    except (RuntimeError, IndexError, ValueError) as error:  # e.g. a token id past the vocabulary
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise KirinError(
-            f"'{args.model}' failed on the ids of '{args.input}' "
-            f"(values {ids.min()}..{ids.max()}, shape {list(ids.shape)}): {reason}"
-        ) from error
     print(f"input       {model.graph.inputs[0].name}: {list(ids.shape)} token ids")
     for value, array in zip(model.graph.outputs, outputs):
         print(

@@ -30,9 +30,7 @@ def main(argv: Sequence[str]) -> int:
         args.windows = recorded["windows"] if args.windows is None else args.windows
     args.length = 512 if args.length is None else args.length
     args.windows = 1 if args.windows is None else args.windows
-    for option in ("length", "windows"):
-        if getattr(args, option) < 1:
-            raise KirinError(f"--{option} {getattr(args, option)}: use at least 1")
+    _common.require_at_least(args, 1, "length", "windows")
     ids = _common.token_ids(pathlib.Path(args.input), _common.load_tokenizer(args.tokenizer))
     if recorded is not None:  # the file must still hold the windows the model was compiled with
         compiled = calibration.windows(ids, recorded["length"], recorded["windows"])
@@ -43,7 +41,8 @@ def main(argv: Sequence[str]) -> int:
             )
     feeds = [{name: w} for w in calibration.windows(ids, args.length, args.windows)]
     print(f"kirinc: verifying {args.model} on {len(feeds)} window(s) of {args.input}", file=sys.stderr)
-    report = equivalence.check(model, feeds, progress=sys.stderr.isatty())
+    with _common.failing_on(args.model, args.input, ids):
+        report = equivalence.check(model, feeds, progress=sys.stderr.isatty())
     print(report.table())
     print(report.summary(), end="")
     return 0 if report.ok else 1
