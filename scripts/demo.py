@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import io
 import pathlib
-import re
 import shlex
 import sys
 
@@ -54,17 +53,6 @@ def run(out: str, show: bool = False) -> str:
             if status != 0:
                 raise SystemExit(f"kirinc {shlex.join(argv)} exited with status {status}")
     return "".join(transcript)
-
-
-def mask(transcript: str) -> str:
-    """The transcript with what varies from run to run blanked: the seconds and shares of the
-    pass timing table."""
-    lines = []
-    for line in transcript.splitlines():
-        if re.match(r"^\d\d  \S+ +\d+\.\d+ +\d+\.\d+%", line) or line.startswith("    total "):
-            line = re.sub(r"\d+\.\d+%?", "#", line)
-        lines.append(line)
-    return "\n".join(lines)
 
 
 def update_readme(transcript: str) -> None:

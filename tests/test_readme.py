@@ -28,9 +28,10 @@ def test_readme_demo_output_is_what_make_demo_prints(tmp_path, monkeypatch):
 
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
     import demo
+    from update_cli_doc import mask  # the seconds and shares of the pass timing table vary
 
     out = os.path.relpath(tmp_path, REPO)
     transcript = demo.run(out).replace(out, "build")
     readme = (REPO / "README.md").read_text()
     shown = readme[readme.index(demo.BEGIN) + len(demo.BEGIN) : readme.index(demo.END)]
-    assert demo.mask(transcript) == demo.mask(shown)
+    assert mask(transcript) == mask(shown)
