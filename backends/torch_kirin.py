@@ -83,12 +83,7 @@ class ActQuant(KirinModule):
 
     def __init__(self, name: str, attributes: dict, mode: Mode, probe: Probe) -> None:
         super().__init__(name, attributes, mode, probe)
-        a = attributes
-        self.spec = ka.ActivationSpec(
-            bits=a["bits"], signed=bool(a["signed"]), axis=a["axis"],
-            outliers=a.get("outliers", "none"), count=a.get("outlier_count", 0),
-            group=a.get("group", 0), gain_bits=a.get("gain_bits", 0), clip=a.get("clip", 1.0),
-        )
+        self.spec = ka.ActivationSpec.of(attributes)
 
     def forward(self, x, spike_scale=None, outlier_mask=None, outlier_scale=None):
         spec = self.spec

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -148,6 +148,16 @@ class ActivationSpec(NamedTuple):
     group: int = 0  # channels per block with its own gain (0: none)
     gain_bits: int = 0  # gains 1 .. 2^gain_bits - 1
     clip: float = 1.0
+
+    @classmethod
+    def of(cls, attributes: Mapping[str, Any]) -> ActivationSpec:
+        """The spec an ``ActQuant``'s attributes (name to plain value) describe."""
+        a = attributes
+        return cls(
+            bits=a["bits"], signed=bool(a["signed"]), axis=a["axis"],
+            outliers=a.get("outliers", "none"), count=a.get("outlier_count", 0),
+            group=a.get("group", 0), gain_bits=a.get("gain_bits", 0), clip=a.get("clip", 1.0),
+        )
 
     @property
     def gain_max(self) -> int:

@@ -42,7 +42,6 @@ from kirin_compiler.kirin_ops import ACT_QUANT, QMATMUL, is_kirin
 from kirin_compiler.errors import KirinError
 from kirin_compiler.pass_manager import Pass
 
-OUTLIER_TOP = arithmetic.OUTLIER_TOP
 ACT_CLIPS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7)  # clipping ratios of the run-time spike scales
 
 
@@ -86,12 +85,10 @@ class OutlierDetectPass(Pass):
         )
 
     def _search(self, quantizer: ir.Node) -> calibration.Search:
-        a = quantizer.attributes
-        spec = arithmetic.ActivationSpec(
-            bits=a["bits"].value, signed=bool(a["signed"].value),
-            outliers="token" if self.mode == "token" and self.fraction else "none",
-            group=a["group"].value if "group" in a else 0,
-            gain_bits=a["gain_bits"].value if "gain_bits" in a else 0,
+        # the quantizer as it will code, clip aside: outliers are what this pass gives it
+        attributes = {name: attribute.value for name, attribute in quantizer.attributes.items()}
+        spec = arithmetic.ActivationSpec.of(attributes)._replace(
+            outliers="token" if self.mode == "token" and self.fraction else "none", count=0, clip=1.0
         )
         return calibration.Search(spec, self.fraction, ACT_CLIPS, _importance(quantizer))
 
@@ -139,7 +136,7 @@ class OutlierDetectPass(Pass):
         mask = _top_channels(stats, count)
         node.attributes["outliers"] = ir.AttrString("outliers", "static")
         spike_scale = _guarded(amax[~mask].max(initial=0.0) / top)
-        outlier_scale = _guarded(amax[mask].max() / OUTLIER_TOP)
+        outlier_scale = _guarded(amax[mask].max() / arithmetic.OUTLIER_TOP)
         _set_inputs(node, {
             1: rewrite.constant(graph, spike_scale, f"{node.name}.scale", names),
             2: rewrite.constant(graph, mask, f"{node.name}.mask", names),

@@ -91,6 +91,13 @@ class QuantizePass(Pass):
         for option in ("group", "act_group"):
             if getattr(self, option) < 0:
                 raise KirinError(f"option {option}={getattr(self, option)}: use 0 or a block size")
+        top = (2 ** (self.act_bits - 1) - 1) * (2**self.gain_bits - 1)  # a code times its gain
+        if self.act_group and self.gain_bits and top > arithmetic.OUTLIER_TOP:
+            raise KirinError(
+                f"options act_bits={self.act_bits}, gain_bits={self.gain_bits}: codes times gains "
+                f"reach {top}, past the 8-bit codes' {arithmetic.OUTLIER_TOP}; use fewer gain_bits, "
+                "or act_group=0"
+            )
 
     def _linear(self, graph: ir.Graph, node: ir.Node, quantizers: dict, names: rewrite.Names) -> None:
         x, weight = node.inputs

@@ -161,3 +161,16 @@ def test_lm_head_on_request():
 def test_bad_bit_widths_are_refused(option):
     with pytest.raises(KirinError, match="use 2 to 8 bits"):
         compiled(f"canonicalize,quantize{{{option}}}")
+
+
+@pytest.mark.parametrize("options, refused", [
+    ("act_bits=5", True),  # 15 * 15 = 225
+    ("act_bits=5,gain_bits=3", False),  # 15 * 7 = 105
+    ("act_bits=8,act_group=0", False),  # no gains
+])
+def test_codes_times_gains_must_fit_eight_bits(options, refused):
+    if refused:
+        with pytest.raises(KirinError, match="codes times gains reach 225, past the 8-bit codes' 127"):
+            compiled(f"canonicalize,quantize{{{options}}}")
+    else:
+        compiled(f"canonicalize,quantize{{{options}}}")
