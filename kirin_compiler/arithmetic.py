@@ -185,6 +185,7 @@ def split_activation(
     spike_scale: torch.Tensor | None = None,
     static_mask: torch.Tensor | None = None,
     outlier_scale: torch.Tensor | None = None,
+    chosen: Outliers | None = None,
 ) -> Split:
     """The math of ``ActQuant`` up to the rounding (``docs/arithmetic.md``, section 2).
 
@@ -194,14 +195,14 @@ def split_activation(
     hi`` per slice unless a static ``spike_scale`` is given. With gains (``group`` and
     ``gain_bits``), ``s_N`` is divided by ``A = 2^gain_bits - 1`` and every block of ``group``
     channels gets the smallest gain ``a`` in ``1..A`` with ``clip * max_block |rest| <= a * hi *
-    s_N``: its values are coded on the step ``a * s_N``, as fine as the block needs."""
+    s_N``: its values are coded on the step ``a * s_N``, as fine as the block needs.
+    ``chosen``: the token outliers of ``x`` (`choose_outliers`), when the caller has them."""
     lo, hi = code_range(spec.bits, spec.signed)
     axis = spec.axis
-    # unsigned codes: only positive values count (negative ones get code 0), no |x| needed
-    magnitude = x if lo == 0 else x.abs()
+    magnitude = _magnitude(x, lo)
     rest_max = largest = mask = None
     if spec.outliers == "token":
-        mask, rest_max, largest = token_outliers(magnitude, axis, spec.count)
+        mask, rest_max, largest = chosen or token_outliers(magnitude, axis, spec.count)
     elif spec.outliers == "static":
         mask = static_mask.expand(magnitude.shape)
     gains = None
@@ -235,6 +236,18 @@ def split_activation(
     else:  # one division: each value by the step of its path
         ratio = x / torch.where(mask, outlier_scale, step)
     return Split(ratio, mask, gains, spike_scale, outlier_scale)
+
+
+def choose_outliers(x: torch.Tensor, spec: ActivationSpec) -> Outliers:
+    """The token outliers `split_activation` chooses for ``x`` under ``spec`` (they do not
+    depend on its clip)."""
+    return token_outliers(_magnitude(x, code_range(spec.bits, spec.signed)[0]), spec.axis, spec.count)
+
+
+def _magnitude(x: torch.Tensor, lo: int) -> torch.Tensor:
+    """What outliers and scales measure: ``|x|``; for unsigned codes (``lo = 0``) ``x`` itself,
+    as only positive values count (negative ones get code 0)."""
+    return x if lo == 0 else x.abs()
 
 
 def with_gains(codes: torch.Tensor, gains: torch.Tensor | None) -> torch.Tensor:

@@ -199,9 +199,12 @@ def _clip_errors(x: torch.Tensor, search: Search) -> torch.Tensor:
     weights = None if search.importance is None else torch.from_numpy(search.importance)
     errors = []
     count = arithmetic.outlier_count(search.fraction, x.shape[-1]) if search.spec.outliers != "none" else 0
+    spec = search.spec._replace(count=count)
+    chosen = arithmetic.choose_outliers(sample, spec) if spec.outliers == "token" else None  # once
     for clip in search.clips:
-        spec = search.spec._replace(clip=clip, count=count)
-        error = (sample - arithmetic.dequantize_activation(arithmetic.split_activation(sample, spec), spec)).square_()
+        spec = spec._replace(clip=clip)
+        split = arithmetic.split_activation(sample, spec, chosen=chosen)
+        error = (sample - arithmetic.dequantize_activation(split, spec)).square_()
         if weights is not None:
             error = error.mul_(weights)
         errors.append(error.sum(dtype=torch.float64))
