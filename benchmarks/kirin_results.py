@@ -34,6 +34,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from _smollm2 import wiki_texts  # noqa: E402
+
 RESULTS = REPO / "docs" / "results.md"
 WINDOWS, LENGTH, SNN_WINDOWS = 16, 512, 2
 KIRIN_TAIL = "spike-matrix-hybridize,threshold-insert"
@@ -72,8 +74,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="kirin-results-") as temporary:
         folder = args.workdir or pathlib.Path(temporary)
         path, tokenizer, title = _model(args.model, folder)
-        texts = {"wiki": _ids(tokenizer, _wiki()[1]), "bible": _ids(tokenizer, _bible())}
-        calib = _ids(tokenizer, _wiki()[0])
+        calib_text, eval_text = wiki_texts()
+        texts = {"wiki": _ids(tokenizer, eval_text), "bible": _ids(tokenizer, _bible())}
+        calib = _ids(tokenizer, calib_text)
         table = measure(path, texts, calib, args.windows, title)
     _write_section(args.model, table)
     print(table)
@@ -174,15 +177,6 @@ def _model(name: str, folder: pathlib.Path):
 
 def _ids(tokenizer, text: str) -> np.ndarray:
     return np.asarray([tokenizer(text)], dtype=np.int64)
-
-
-def _wiki() -> tuple[str, str]:
-    """The protocol's calibration and evaluation texts (first 40 and last 300 articles)."""
-    from _smollm2 import _wiki_articles
-
-    articles = _wiki_articles()
-    join = lambda part: "\n\n".join(a["extract"] for a in part)  # noqa: E731
-    return join(articles[:40]), join(articles[-300:])
 
 
 def _bible() -> str:
