@@ -40,7 +40,6 @@ class Score:
     ``differing``: for the snn mode beside the qann mode, the logits that are not bitwise
     equal to the qann mode's (0 when the spiking network is exact)."""
 
-    label: str
     mode: str
     windows: int
     tokens: int
@@ -74,8 +73,7 @@ def evaluate(
     name = model.graph.inputs[0].name
     modules = {mode: executor.lower(model, mode) for mode in modes}
     nll = dict.fromkeys(modes, 0.0)
-    tokens = dict.fromkeys(modes, 0)
-    differing = 0
+    tokens = differing = 0
     compare = "qann" in modes and "snn" in modes
     bar = tqdm.tqdm(windows, desc=f"eval {label}".strip(), unit="window", disable=not progress)
     for window in bar:
@@ -84,12 +82,11 @@ def evaluate(
             logits[mode] = executor.run(modules[mode], model, {name: window})[0][0]
             window_nll, count = negative_log_likelihood(logits[mode], window[0])
             nll[mode] += window_nll
-            tokens[mode] += count
+        tokens += count  # the same in every mode
         if compare:
             differing += bitwise_differences(logits["qann"], logits["snn"])
     return [
-        Score(label, mode, len(windows), tokens[mode], nll[mode],
-              differing if compare and mode == "snn" else None)
+        Score(mode, len(windows), tokens, nll[mode], differing if compare and mode == "snn" else None)
         for mode in modes
     ]
 

@@ -63,7 +63,7 @@ def test_kirinc_eval_compiles_configurations_in_memory_and_writes_json(capsys, t
     status, table, _ = _eval(
         capsys, TINY_LLAMA, "--text", TINY_LLAMA_IDS, "--length", 8, "--windows", 2,
         "--calib", TINY_LLAMA_IDS, "--calib-length", 8, "--no-calib-cache",
-        "-p", "default", "-p", "w8a8=canonicalize,quantize{bits=8,act_bits=8},outlier-detect{mode=none},"
+        "-p", "default", "-p", "w8a8=canonicalize,quantize{bits=8,act_bits=8,act_group=0},outlier-detect{mode=none},"
         "spike-matrix-hybridize,threshold-insert",
         "--mode", "qann", "--mode", "snn", "--json", out,
     )
