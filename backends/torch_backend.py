@@ -39,11 +39,13 @@ from kirin_compiler.backends.torch_ops import OPS
 from kirin_compiler.backends.torch_ops._table import shared_tensor, supported_dtypes
 from kirin_compiler.errors import KirinError, UnsupportedOpError
 from kirin_compiler.kirin_ops import (
+    ACT_QUANT,
     INT_MATMUL,
     QMATMUL,
     RESCALE,
     SPIKE_MATMUL,
     SPIKING_SOURCES,
+    TTFS_ENCODER,
     TTFS_NEURON,
     is_kirin,
 )
@@ -94,8 +96,10 @@ class _Lowering:
         self.env: dict[ir.Value, torch.fx.Node] = {}
         self.transposed: dict[ir.Value, torch.fx.Node] = {}
         self.synapses: dict[ir.Value, torch.fx.Node] = {}
+        self.results: set[ir.Value] = set()
 
     def run(self, outputs: Sequence[ir.Value] | None = None) -> torch.fx.GraphModule:
+        self.results = set(outputs or self.model.graph.outputs)
         for value in self.model.graph.inputs:
             self.env[value] = self.graph.placeholder(_identifier(value.name))
         attention = torch_fusion.find_attention(self.model.graph)
@@ -191,6 +195,12 @@ class _Lowering:
         if node.op_type == RESCALE:
             accumulators = [v for i, v in enumerate(node.inputs) if i in (0, 3) and v is not None]
             module.reuse = all(len(v.uses()) == 1 and not v.is_graph_output() for v in accumulators)
+        if node.op_type in (ACT_QUANT, TTFS_ENCODER) and len(node.outputs) > 2:
+            codes = node.outputs[2]  # the outlier codes: sparse when only products read them
+            module.sparse = codes not in self.results and all(
+                is_kirin(use.node, *_OUTLIER_INPUTS) and use.idx == _OUTLIER_INPUTS[use.node.op_type]
+                for use in codes.uses()
+            )
         name = _identifier(node.name)
         while hasattr(self.root, name):
             name += "_"
@@ -323,6 +333,7 @@ class _Lowering:
 
 # The products' constant weight input, then its block sub-scales and offsets (`_synapses`).
 _WEIGHT_INPUTS = {QMATMUL: (2, 6, 7), SPIKE_MATMUL: (1, 2, 3), INT_MATMUL: (1, 2, 3)}
+_OUTLIER_INPUTS = {QMATMUL: 4, INT_MATMUL: 0}  # where a product reads outlier codes
 
 
 def _integers(value: ir.Value) -> np.ndarray:

@@ -14,7 +14,6 @@ name) and what it did (spikes, accumulates, membrane updates, threshold comparis
 
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 import torch
@@ -79,7 +78,10 @@ class KirinModule(torch.nn.Module):
 class ActQuant(KirinModule):
     """``ActQuant(X, [spike_scale], [outlier_mask], [outlier_scale])``: the codes of the spike
     matrix (times their block gains) and the 8-bit codes of the outliers, with their scales
-    (``docs/kirin_ops.md``; the math is `arithmetic.split_activation`)."""
+    (``docs/kirin_ops.md``; the math is `arithmetic.split_activation`). With ``sparse`` the
+    outlier codes go to the products as `arithmetic.SparseCodes`, a few entries per token."""
+
+    sparse = False  # set by the lowering when only products read the outlier codes
 
     def __init__(self, name: str, attributes: dict, mode: Mode, probe: Probe) -> None:
         super().__init__(name, attributes, mode, probe)
@@ -98,7 +100,10 @@ class ActQuant(KirinModule):
         spikes = self.spikes(split, codes)
         if outlier_codes is None:
             return spikes, split.spike_scale
-        self.probe.integers(self.node, "outlier-codes", outlier_codes)
+        if self.probe.records_integers or not self.sparse:
+            dense = outlier_codes.dense()
+            self.probe.integers(self.node, "outlier-codes", dense)
+            outlier_codes = outlier_codes if self.sparse else dense
         return spikes, split.spike_scale, outlier_codes, split.outlier_scale
 
     def spikes(self, split: ka.Split, codes: torch.Tensor) -> torch.Tensor:
@@ -123,9 +128,8 @@ class TTFSEncoder(ActQuant):
             if self.counting:
                 _report_codes(self.probe, self.node, codes, steps)
             return super().spikes(split, codes)
-        ratio = split.ratio if split.mask is None else split.ratio.masked_fill(split.mask, 0.0)
         lo = ka.code_range(self.spec.bits, self.spec.signed)[0]
-        train, comparisons = ka.fire(ratio, steps, lo, count=self.probe.counts_operations)
+        train, comparisons = ka.fire(split.spike_ratio(), steps, lo, count=self.probe.counts_operations)
         if split.gains is not None:
             train = ka.with_gains(train, split.gains.to(torch.int8))
         _report_spikes(self.probe, self.node, train, comparisons)
@@ -136,14 +140,13 @@ class _Product(KirinModule):
     """A product of codes with a weight: a linear one's synapses (`arithmetic.synapses`, from
     the weight codes and the optional block sub-scales and offsets) or an attention product's
     right operand. ``constant`` (set by the lowering for a linear product, whose synapses it
-    makes once) keeps the weights' column energies (`arithmetic.column_energy`) from call to
-    call."""
+    makes once) keeps the weights' norms (`arithmetic.WeightNorms`) from call to call."""
 
     constant = False
 
     def __init__(self, name: str, attributes: dict, mode: Mode, probe: Probe) -> None:
         super().__init__(name, attributes, mode, probe)
-        self._energy: dict[int, torch.Tensor] = {}
+        self._norms: ka.WeightNorms | None = None
 
     def synapses(self, weights, block_scale=None, block_offset=None) -> torch.Tensor:
         group = self.attributes.get("group", 0)
@@ -151,13 +154,11 @@ class _Product(KirinModule):
 
     def product(self, codes, synapses, sparse=False) -> torch.Tensor:
         """The exact integer product (`arithmetic.integer_matmul`)."""
-        energy = functools.partial(self._column_energy, synapses) if self.constant else None
-        return ka.integer_matmul(codes, synapses, sparse, energy)
-
-    def _column_energy(self, synapses: torch.Tensor, parts: int) -> torch.Tensor:
-        if parts not in self._energy:
-            self._energy[parts] = ka.column_energy(synapses, parts)
-        return self._energy[parts]
+        if not self.constant:
+            return ka.integer_matmul(codes, synapses, sparse)
+        if self._norms is None:
+            self._norms = ka.WeightNorms(synapses)
+        return ka.integer_matmul(codes, synapses, sparse, self._norms)
 
 
 class QMatMul(_Product):

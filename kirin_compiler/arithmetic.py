@@ -21,9 +21,10 @@ the comparison a neuron makes (``floor(r + 1/2)`` is not exact: it rounds ``0.5 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -100,38 +101,88 @@ def outlier_count(fraction: float, channels: int) -> int:
 
 
 class Outliers(NamedTuple):
-    mask: torch.Tensor  # the chosen values
-    rest: torch.Tensor  # the largest magnitude left out (size 1 along the axis)
-    largest: torch.Tensor  # the largest magnitude (size 1 along the axis)
+    """The outliers of every slice along ``axis``: ``count`` distinct positions per slice
+    (``index``, int64, ``count`` long along ``axis``), of which those with ``chosen`` set hold an
+    outlier. The others (a slice with fewer non-zero values than ``count``) point at values of
+    magnitude 0, whose codes are 0 on both paths."""
+
+    index: torch.Tensor
+    chosen: torch.Tensor  # bool, the shape of index
+    rest: torch.Tensor | None  # the largest magnitude left out (size 1 along the axis)
+    largest: torch.Tensor | None  # the largest magnitude (size 1 along the axis)
+    axis: int
+
+    def mask(self, shape: Sequence[int]) -> torch.Tensor:
+        """The chosen values as a boolean mask of the activation's ``shape``."""
+        return torch.zeros(shape, dtype=torch.bool).scatter_(self.axis, self.index, self.chosen)
 
 
 def token_outliers(magnitude: torch.Tensor, axis: int, count: int) -> Outliers:
     """The ``count`` largest of the magnitudes ``|x|`` in every slice along ``axis``, zeros
-    excepted, as a boolean mask; the largest magnitude left out and the largest one.
+    excepted; the largest magnitude left out and the largest one.
 
     Ties at the ``count``-th value go to the lower indices, so the choice is a function of the
     values alone (``topk`` gives the threshold value, which is unique, not the positions)."""
     width = magnitude.shape[axis]
-    count = min(count, width)
-    if count <= 0:
+    count = max(0, min(count, width))
+    if count == 0:
         largest = magnitude.amax(dim=axis, keepdim=True)
-        return Outliers(torch.zeros(magnitude.shape, dtype=torch.bool), largest, largest)
-    top = magnitude.topk(min(count + 1, width), dim=axis).values  # sorted, largest first
-    largest = top.narrow(axis, 0, 1)
-    threshold = top.narrow(axis, count - 1, 1).clone()
+        index = torch.zeros(_sized(magnitude.shape, axis, 0), dtype=torch.int64)
+        return Outliers(index, index.bool(), largest, largest, axis)
+    top = magnitude.topk(min(count + 1, width), dim=axis)  # sorted, largest first
+    values, index = top.values.narrow(axis, 0, count), top.indices.narrow(axis, 0, count)
+    largest = values.narrow(axis, 0, 1)
+    threshold = values.narrow(axis, count - 1, 1).clone()
     # a zero is never an outlier: the threshold is at least the smallest positive float
     threshold.clamp_(min=torch.nextafter(torch.zeros(()), torch.ones(())).item())
-    chosen = magnitude >= threshold
+    chosen = values >= threshold
     if count == width:
-        return Outliers(chosen, torch.zeros_like(threshold), largest)
-    following = top.narrow(axis, count, 1)  # the largest value left out, unless it ties
+        return Outliers(index, chosen, torch.zeros_like(threshold), largest, axis)
+    following = top.values.narrow(axis, count, 1)  # the largest value left out, unless it ties
     if bool((following < threshold).all()):  # no tie across the threshold (the common case)
-        return Outliers(chosen, following, largest)
+        return Outliers(index, chosen, following, largest, axis)
     above = magnitude > threshold
-    tied = chosen.logical_and_(above.logical_not())
+    tied = (magnitude >= threshold).logical_and_(above.logical_not())
     room = count - above.sum(dim=axis, keepdim=True)
     mask = above | (tied & (tied.cumsum(dim=axis) <= room))
-    return Outliers(mask, magnitude.masked_fill(mask, 0.0).amax(dim=axis, keepdim=True), largest)
+    rest = magnitude.masked_fill(mask, 0.0).amax(dim=axis, keepdim=True)
+    # the chosen positions first, then values of magnitude 0: a slice holds enough of them
+    key = torch.where(mask, 1.0, torch.where(magnitude <= 0, 0.0, -1.0))
+    index = key.topk(count, dim=axis).indices
+    return Outliers(index, mask.gather(axis, index), rest, largest, axis)
+
+
+def static_outliers(mask: torch.Tensor, shape: Sequence[int]) -> Outliers:
+    """The outliers of a static mask ``[K]`` over the last axis of an activation of ``shape``:
+    the same channels in every slice (their scales come from the mask itself)."""
+    channels = mask.reshape(-1).nonzero().squeeze(1)
+    index = channels.expand(*shape[:-1], len(channels))
+    return Outliers(index, torch.ones((), dtype=torch.bool).expand(index.shape), None, None, -1)
+
+
+def _sized(shape: Sequence[int], axis: int, size: int) -> list[int]:
+    """``shape`` with ``size`` at ``axis``."""
+    shape = list(shape)
+    shape[axis] = size
+    return shape
+
+
+class SparseCodes(NamedTuple):
+    """Integer codes of which each slice along ``axis`` holds a few non-zero values (the
+    8-bit outlier codes), as ``count`` entries per slice: distinct positions ``index`` and
+    their ``values`` (0 for an entry without an outlier). The products read them as such
+    (`integer_matmul`); ``dense()`` is the tensor of ``shape`` they stand for."""
+
+    index: torch.Tensor
+    values: torch.Tensor
+    axis: int
+    shape: torch.Size
+
+    def dense(self) -> torch.Tensor:
+        return torch.zeros(self.shape, dtype=self.values.dtype).scatter_(self.axis, self.index, self.values)
+
+    def count_nonzero(self) -> torch.Tensor:
+        return self.values.count_nonzero()
 
 
 # Activations ------------------------------------------------------------------------------------
@@ -168,15 +219,22 @@ class Split(NamedTuple):
     """An activation split into its two paths, before rounding.
 
     ``ratio`` is what the neurons compare and the codes round: ``x / (gain * s_N)`` on the
-    spike path (the outliers' places hold ``x / s_O``); ``gains`` (``[..., blocks, 1]``,
-    integers ``1..A``, or None) multiply the spike codes into the codes the products read
-    (`with_gains`)."""
+    spike path (at the outliers' places too; their spike codes are 0); ``outlier_ratio`` is
+    ``x / s_O`` at the ``outliers``' positions (shaped as their ``index``). ``gains``
+    (``[..., blocks, 1]``, integers ``1..A``, or None) multiply the spike codes into the codes
+    the products read (`with_gains`)."""
 
     ratio: torch.Tensor
-    mask: torch.Tensor | None
+    outliers: Outliers | None
+    outlier_ratio: torch.Tensor | None
     gains: torch.Tensor | None
     spike_scale: torch.Tensor
     outlier_scale: torch.Tensor | None
+
+    def spike_ratio(self) -> torch.Tensor:
+        """``ratio`` with 0 at the outliers: what the spike path's neurons fire."""
+        o = self.outliers
+        return self.ratio if o is None else self.ratio.scatter(o.axis, o.index, 0.0)
 
 
 def split_activation(
@@ -200,16 +258,16 @@ def split_activation(
     lo, hi = code_range(spec.bits, spec.signed)
     axis = spec.axis
     magnitude = _magnitude(x, lo)
-    rest_max = largest = mask = None
+    outliers = rest_max = largest = mask = None
     if spec.outliers == "token":
-        mask, rest_max, largest = chosen or token_outliers(magnitude, axis, spec.count)
+        outliers = chosen or token_outliers(magnitude, axis, spec.count)
+        rest_max, largest = outliers.rest, outliers.largest
     elif spec.outliers == "static":
         mask = static_mask.expand(magnitude.shape)
+        outliers = static_outliers(static_mask, magnitude.shape)
     gains = None
     if spike_scale is None:
-        rest = None if rest_max is not None and spec.gain_max == 1 else (
-            magnitude if mask is None else magnitude.masked_fill(mask, 0.0)
-        )
+        rest = None if rest_max is not None and spec.gain_max == 1 else _rest(magnitude, outliers, mask)
         if spec.gain_max > 1:
             blocks = rest.unflatten(-1, (-1, spec.group)).amax(dim=-1).clamp_(min=0)  # [..., G]
             spike_scale = guard(blocks.amax(dim=-1, keepdim=True) * (spec.clip / (hi * spec.gain_max)))
@@ -219,23 +277,26 @@ def split_activation(
             if rest_max is None:
                 rest_max = rest.amax(dim=axis, keepdim=True)
             spike_scale = guard(rest_max.clamp(min=0) * (spec.clip / hi))
-    step = spike_scale if gains is None else gains * spike_scale.unsqueeze(-1)
-    if mask is not None and outlier_scale is None:  # a token's largest |x| is an outlier
+    if gains is None:
+        ratio = x / spike_scale
+    else:  # the blocks' view: [..., G, g]
+        ratio = (x.unflatten(-1, (-1, spec.group)) / (gains * spike_scale.unsqueeze(-1))).flatten(-2)
+    if outliers is None:
+        return Split(ratio, None, None, gains, spike_scale, None)
+    if outlier_scale is None:  # a token's largest |x| is an outlier
         if largest is None:
             largest = magnitude.masked_fill(~mask, 0.0).amax(dim=axis, keepdim=True)
         outlier_scale = guard(largest.clamp(min=0) / OUTLIER_TOP)
-    if gains is not None:  # the blocks' view: [..., G, g]
-        blocked = x.unflatten(-1, (-1, spec.group))
-        if mask is None:
-            ratio = (blocked / step).flatten(-2)
-        else:
-            scale = torch.where(mask.unflatten(-1, (-1, spec.group)), outlier_scale.unsqueeze(-1), step)
-            ratio = (blocked / scale).flatten(-2)
-    elif mask is None:
-        ratio = x / step
-    else:  # one division: each value by the step of its path
-        ratio = x / torch.where(mask, outlier_scale, step)
-    return Split(ratio, mask, gains, spike_scale, outlier_scale)
+    at = functools.partial(torch.gather, dim=outliers.axis, index=outliers.index)
+    outlier_ratio = at(x) / at(outlier_scale.expand(x.shape))
+    return Split(ratio, outliers, outlier_ratio, gains, spike_scale, outlier_scale)
+
+
+def _rest(magnitude: torch.Tensor, outliers: Outliers | None, mask: torch.Tensor | None) -> torch.Tensor:
+    """The magnitudes of the spike path: 0 at the outliers."""
+    if mask is not None:
+        return magnitude.masked_fill(mask, 0.0)
+    return magnitude if outliers is None else magnitude.scatter(outliers.axis, outliers.index, 0.0)
 
 
 def choose_outliers(x: torch.Tensor, spec: ActivationSpec) -> Outliers:
@@ -257,59 +318,92 @@ def with_gains(codes: torch.Tensor, gains: torch.Tensor | None) -> torch.Tensor:
     return codes.unflatten(-1, (gains.shape[-2], -1)).mul_(gains).flatten(-2)
 
 
-def activation_codes(split: Split, spec: ActivationSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+def activation_codes(split: Split, spec: ActivationSpec) -> tuple[torch.Tensor, SparseCodes | None]:
     """The spike codes ``q`` (0 at outliers; before their gains) and the 8-bit outlier codes of
     a `Split` (the ``qann`` view; the ``snn`` view fires ``ratio`` instead)."""
     lo, hi = code_range(spec.bits, spec.signed)
-    rounded = round_codes(split.ratio, lo)
-    if split.mask is None:
-        return rounded.clamp_(lo, hi), None
-    outlier_codes = torch.where(split.mask, rounded, 0.0).clamp_(-OUTLIER_TOP if lo else 0, OUTLIER_TOP)
-    return rounded.masked_fill_(split.mask, 0.0).clamp_(lo, hi), outlier_codes
+    codes = round_codes(split.ratio, lo).clamp_(lo, hi)
+    o = split.outliers
+    if o is None:
+        return codes, None
+    values = round_codes(split.outlier_ratio, lo).clamp_(-OUTLIER_TOP if lo else 0, OUTLIER_TOP)
+    values.masked_fill_(o.chosen.logical_not(), 0.0)
+    return codes.scatter_(o.axis, o.index, 0.0), SparseCodes(o.index, values, o.axis, codes.shape)
 
 
 def dequantize_activation(split: Split, spec: ActivationSpec) -> torch.Tensor:
     """The value the codes of a `Split` stand for: ``gain * q * s_N + qO * s_O``."""
     codes, outlier_codes = activation_codes(split, spec)
     value = with_gains(codes, split.gains).mul_(split.spike_scale)
-    return value if outlier_codes is None else value.add_(outlier_codes.mul_(split.outlier_scale))
+    if outlier_codes is None:
+        return value
+    o = outlier_codes
+    scale = split.outlier_scale.expand(value.shape).gather(o.axis, o.index)
+    return value.scatter_(o.axis, o.index, o.values * scale)  # the spike values there are 0
 
 
 # Integer products and rescaling ----------------------------------------------------------------
 
 
-def exact_chunks(
-    codes: torch.Tensor, weights: torch.Tensor, energy: Callable[[int], torch.Tensor] | None = None
-) -> int | None:
+class WeightNorms:
+    """The norms of a product's right operand ``[..., K, N]`` that the exactness bounds read,
+    each computed once (a constant weight keeps its object from call to call)."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        self.weights = weights
+        self._energy: dict[int, torch.Tensor] = {}
+        self._largest: float | None = None
+
+    def column_energy(self, parts: int) -> torch.Tensor:
+        """The largest squared column norm in each of ``parts`` equal parts of ``K``: ``[parts]``."""
+        if parts not in self._energy:
+            depth, columns = self.weights.shape[-2], self.weights.shape[-1]
+            squares = widen(self.weights).square().reshape(-1, parts, depth // parts, columns)
+            self._energy[parts] = squares.sum(dim=2).amax(dim=(0, 2))
+        return self._energy[parts]
+
+    def largest(self) -> float:
+        """The largest magnitude."""
+        if self._largest is None:
+            self._largest = float(widen(self.weights).abs().amax()) if self.weights.numel() else 0.0
+        return self._largest
+
+
+def exact_chunks(codes: torch.Tensor, norms: WeightNorms) -> int | None:
     """How many equal parts the sum over ``k`` of ``codes @ weights`` must be cut into for
     float32 to hold every partial sum of each part exactly; None when float64 is needed.
 
     A partial sum of ``c[m, k] * w[k, n]`` over any subset of a part is at most
     ``||c[m, part]||_2 * ||w[part, n]||_2`` in magnitude (Cauchy-Schwarz): each part's largest
-    row norm times its largest column norm must stay below 2^24 (with a margin for the float32
-    norms). Parts are tried in powers of two, down to 16 channels each. ``energy(parts)``
-    gives the weights' largest squared column norm per part (`column_energy`; a constant
-    weight's is computed once)."""
+    row norm times its largest column norm (from the weights' `WeightNorms`) must stay below
+    2^24 (with a margin for the float32 norms). Parts are tried in powers of two, down to 16
+    channels each."""
     depth = codes.shape[-1]
-    if codes.numel() == 0 or weights.numel() == 0:
+    if codes.numel() == 0 or norms.weights.numel() == 0:
         return 1
     rows = codes.reshape(-1, depth)
     parts = 1
     while depth % parts == 0 and depth // parts >= 16:
         row_norm = torch.linalg.vector_norm(rows.view(len(rows), parts, -1), dim=-1).amax(dim=0)
-        column_energy_ = energy(parts) if energy is not None else column_energy(weights, parts)
-        if float((row_norm.square() * column_energy_).max()) * 1.002 < float(EXACT_FLOAT32) ** 2:
+        if _fits_float32(row_norm, norms.column_energy(parts)):
             return parts
         parts *= 2
     return None
 
 
-def column_energy(weights: torch.Tensor, parts: int) -> torch.Tensor:
-    """The largest squared column norm of ``weights[..., K, N]`` in each of ``parts`` equal
-    parts of ``K``: a tensor ``[parts]``."""
-    depth, columns = weights.shape[-2], weights.shape[-1]
-    squares = weights.float().square().reshape(-1, parts, depth // parts, columns)
-    return squares.sum(dim=2).amax(dim=(0, 2))
+def _fits_float32(row_norm: torch.Tensor, column_energy: torch.Tensor) -> bool:
+    """Whether every partial sum a row of norm ``row_norm`` makes with a column of squared
+    norm ``column_energy`` stays exact in float32 (a margin for the float32 norms)."""
+    return float((row_norm.square() * column_energy).max()) * 1.002 < float(EXACT_FLOAT32) ** 2
+
+
+def _entries_fit_float32(values: torch.Tensor, norms: WeightNorms) -> bool:
+    """Whether the products of rows of a few entries ``values [rows, count]`` with the weights
+    keep every partial sum exact in float32: a row's sum of magnitudes times the largest weight,
+    or its norm times the largest column norm, below 2^24."""
+    if float(values.abs().sum(dim=-1).amax()) * norms.largest() < EXACT_FLOAT32:
+        return True
+    return _fits_float32(torch.linalg.vector_norm(values, dim=-1).amax(), norms.column_energy(1))
 
 
 def synapses(
@@ -335,20 +429,27 @@ def synapses(
 
 
 def integer_matmul(
-    codes: torch.Tensor,
+    codes: torch.Tensor | SparseCodes,
     weights: torch.Tensor,
     sparse: bool = False,
-    energy: Callable[[int], torch.Tensor] | None = None,
+    norms: WeightNorms | None = None,
 ) -> torch.Tensor:
     """``codes @ weights`` of integers, exactly (float products of integers are exact while
     every partial sum is, in any order): float32 products of the parts `exact_chunks` finds,
     added in float64, or one float64 product.
 
     ``weights`` is a linear product's synapses (`synapses`) or an attention product's right
-    operand. With ``sparse`` (the outlier codes: a few per row) a linear product runs as a
-    sparse product of the rows' non-zero codes (CSR): the same integers, for less work."""
+    operand; ``norms`` its `WeightNorms`, when the caller keeps them. Outlier codes (a few per
+    row: `SparseCodes`, or a tensor with ``sparse`` set) multiply only their non-zero entries:
+    a linear product as a sparse product (CSR), an attention product by gathering the rows of
+    its operand that the entries select. The same integers, for less work."""
+    norms = norms or WeightNorms(weights)
+    if isinstance(codes, SparseCodes):
+        if codes.axis in (-1, len(codes.shape) - 1):
+            return _entries_matmul(codes, weights, norms)
+        codes = codes.dense()
     depth = codes.shape[-1]
-    parts = exact_chunks(codes, weights, energy)
+    parts = exact_chunks(codes, norms)
     if parts is None:
         return widen(codes, torch.float64) @ widen(weights, torch.float64)
     codes, weights = widen(codes), widen(weights)
@@ -364,6 +465,36 @@ def integer_matmul(
     for start in range(size, depth, size):  # float64 holds the sum exactly
         total.add_(codes[..., start : start + size] @ weights[..., start : start + size, :])
     return total
+
+
+def _entries_matmul(codes: SparseCodes, weights: torch.Tensor, norms: WeightNorms) -> torch.Tensor:
+    """`SparseCodes` (entries over the last axis) times ``weights [..., K, N]``, in float32
+    when `_entries_fit_float32`, else float64."""
+    count, columns = codes.index.shape[-1], weights.shape[-1]
+    if count == 0 or codes.values.numel() == 0:
+        return torch.zeros(product_shape(codes.shape, weights.shape))
+    exact = _entries_fit_float32(codes.values.reshape(-1, count), norms)
+    kind = torch.float32 if exact else torch.float64
+    weights = widen(weights, kind)
+    if weights.dim() == 2:  # a CSR matrix of the entries, its rows' columns sorted
+        index, order = codes.index.reshape(-1, count).sort(dim=-1)
+        values = codes.values.reshape(-1, count).gather(-1, order).to(kind)
+        rows = torch.arange(len(values) + 1) * count
+        with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            matrix = torch.sparse_csr_tensor(rows, index.reshape(-1), values.reshape(-1), (len(values), len(weights)))
+            return torch.sparse.mm(matrix, weights).view(*codes.shape[:-1], columns)
+    # an attention product: per entry, the selected rows of the operand times the entries' values
+    depth, tokens = weights.shape[-2], codes.shape[-2]
+    batch = torch.broadcast_shapes(codes.shape[:-2], weights.shape[:-2])
+    weights = weights.expand(*batch, depth, columns).reshape(-1, columns)  # [B * K, N]
+    index = codes.index.expand(*batch, tokens, count).reshape(-1, tokens, count)
+    rows = index.add(depth * torch.arange(len(index)).view(-1, 1, 1)).reshape(-1, count)
+    values = codes.values.to(kind).expand(*batch, tokens, count).reshape(-1, count)
+    total = weights.index_select(0, rows[:, 0]).mul_(values[:, :1])
+    for entry in range(1, count):
+        total.add_(weights.index_select(0, rows[:, entry]).mul_(values[:, entry : entry + 1]))
+    return total.view(*batch, tokens, columns)
 
 
 def float_matmul(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -477,7 +608,7 @@ def integrate_spikes(
     train carries, float64 otherwise. Membrane updates are counted only when ``count`` is set.
     """
     steps = train.shape[0]
-    kind = torch.float32 if exact_chunks(spike_codes(train), weights) == 1 else torch.float64
+    kind = torch.float32 if exact_chunks(spike_codes(train), WeightNorms(weights)) == 1 else torch.float64
     weights = widen(weights, kind)  # once for the whole window
     spikes = train.reshape(steps, -1).count_nonzero(dim=1).tolist()
     shape = product_shape(train.shape[1:], weights.shape)

@@ -82,13 +82,13 @@ def test_integer_products_widen_past_float32s_exact_range():
     codes = torch.full((1, 2048), 127.0)
     weights = torch.full((2048, 1), 127.0)
     weights[0] = 128.0  # the sum, 127 * (127 * 2047 + 128) = 33,032,319, is odd: not a float32
-    assert ka.exact_chunks(codes, weights) == 2  # cut in two halves, added in float64
+    assert ka.exact_chunks(codes, ka.WeightNorms(weights)) == 2  # cut in two halves, added in float64
     assert ka.integer_matmul(codes, weights).item() == 33_032_319
     # Cauchy-Schwarz: 1000 products of 127 x 127 stay below 2^24; 1040 are cut in two, 2080 in
     # four; 31 channels that cannot be cut take float64
     for depth, weight, parts in ((1000, 127, 1), (1040, 127, 2), (2080, 127, 4), (31, 2**17, None)):
         codes, weights = torch.full((3, depth), 127.0), torch.full((depth, 2), float(weight))
-        assert ka.exact_chunks(codes, weights) == parts
+        assert ka.exact_chunks(codes, ka.WeightNorms(weights)) == parts
 
 
 def _attributes(outliers: str, signed: bool, count: int = 2, group: int = 0, clip: float = 1.0) -> dict:
@@ -189,8 +189,12 @@ def test_weight_codes_scales_and_block_integers(n, group, asymmetric, seed):
 @given(arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 16)),
               elements=st.sampled_from([0.0, 1.0, -1.0, 2.5, -2.5, 7.0])), st.integers(0, 16))
 def test_token_outliers_are_the_largest_non_zero_values_with_ties_to_the_lower_index(x, count):
-    mask, rest, largest = ka.token_outliers(torch.from_numpy(np.abs(x)), -1, count)
-    for row, chosen, left, top in zip(np.abs(x), mask.numpy(), rest.numpy(), largest.numpy()):
+    outliers = ka.token_outliers(torch.from_numpy(np.abs(x)), -1, count)
+    mask = outliers.mask(x.shape)
+    assert outliers.index.shape[-1] == min(count, x.shape[-1])  # one entry per place, distinct
+    assert all(len(set(row)) == len(row) for row in outliers.index.tolist())
+    assert not torch.from_numpy(np.abs(x)).gather(-1, outliers.index)[~outliers.chosen].any()  # zeros
+    for row, chosen, left, top in zip(np.abs(x), mask.numpy(), outliers.rest.numpy(), outliers.largest.numpy()):
         expected = np.argsort(-row, kind="stable")[: min(count, len(row))]
         expected = [i for i in expected if row[i] > 0]
         assert sorted(np.flatnonzero(chosen)) == sorted(expected)
@@ -218,6 +222,55 @@ def test_integer_products_are_exact_in_float32_float64_and_over_used_channels(m,
 
 @SETTINGS
 @given(
+    arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 24)),
+           elements=st.one_of(values, st.sampled_from([3.0, -3.0]))),
+    st.integers(0, 6), st.booleans(), st.sampled_from(["token", "static"]),
+)
+def test_outlier_codes_as_entries_are_the_masked_codes(x, count, signed, outliers):
+    """The outliers' entries stand for what a mask gives: ``R(x / s_O)`` at the chosen values
+    (ties to the lower index, zeros never chosen), 0 elsewhere; the spike codes are 0 there."""
+    x = torch.from_numpy(x)
+    static = torch.arange(x.shape[-1]) % 3 == 1 if outliers == "static" else None
+    spec = ka.ActivationSpec(bits=4, signed=signed, outliers=outliers, count=count)
+    split = ka.split_activation(x, spec, static_mask=static)
+    codes, outlier_codes = ka.activation_codes(split, spec)
+    lo, hi = ka.code_range(4, signed)
+    mask = split.outliers.mask(x.shape)
+    if outliers == "static":
+        assert torch.equal(mask, static.expand(x.shape))
+    else:
+        assert torch.equal(mask, ka.token_outliers(x if lo == 0 else x.abs(), -1, count).mask(x.shape))
+    expected = torch.where(mask, ka.round_codes(x / split.outlier_scale, lo), 0.0).clamp(-127 if lo else 0, 127)
+    assert torch.equal(outlier_codes.dense(), expected)
+    assert torch.equal(codes, ka.round_codes(x / split.spike_scale, lo).clamp(lo, hi).masked_fill(mask, 0.0))
+    assert int(outlier_codes.count_nonzero()) == int(expected.count_nonzero())
+
+
+def _entries(codes: torch.Tensor, count: int) -> ka.SparseCodes:
+    """The ``count`` entries per row of a dense code tensor with at most that many non-zeros."""
+    index = codes.abs().add(torch.rand(codes.shape) / 2).topk(count, dim=-1).indices  # non-zeros first
+    return ka.SparseCodes(index, codes.gather(-1, index), -1, codes.shape)
+
+
+@SETTINGS
+@given(st.integers(1, 6), st.integers(16, 40), st.integers(1, 9), st.integers(0, 4), st.integers(0, 2**31 - 1),
+       st.sampled_from(["linear", "attention", "broadcast"]), st.booleans())
+def test_products_of_outlier_entries_are_the_dense_products(m, k, n, count, seed, kind, wide):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-127, 128, (2, 3, m, k), generator=g).float()
+    keep = torch.rand((2, 3, m, k), generator=g).argsort(dim=-1) < count  # at most count per row
+    codes = codes * keep
+    top = 2**17 if wide else 127  # wide: past float32's exact sums, so float64
+    shape = {"linear": (k, n), "attention": (2, 3, k, n), "broadcast": (1, 3, k, n)}[kind]
+    weights = torch.randint(-top, top + 1, shape, generator=g).float()
+    expected = codes.double() @ weights.double()
+    entries = _entries(codes, count)
+    assert torch.equal(entries.dense(), codes)
+    assert torch.equal(ka.integer_matmul(entries, weights).double(), expected)
+
+
+@SETTINGS
+@given(
     arrays(np.float32, st.tuples(st.integers(1, 4), st.sampled_from([8, 16, 32])), elements=values),
     st.sampled_from([1.0, 0.9]), st.sampled_from(["none", "token"]),
 )
@@ -230,14 +283,15 @@ def test_block_gains_are_the_smallest_that_hold_each_block(x, clip, outliers):
     assert codes.abs().max() <= 7 and block_gains.min() >= 1 and block_gains.max() <= 15
     gains = block_gains.repeat_interleave(4, dim=-1)
     assert torch.equal(ka.with_gains(torch.ones_like(x), split.gains), gains)
-    rest = x.abs() if split.mask is None else x.abs().masked_fill(split.mask, 0)
+    mask = None if split.outliers is None else split.outliers.mask(x.shape)
+    rest = x.abs() if mask is None else x.abs().masked_fill(mask, 0)
     blocks = rest.unflatten(-1, (-1, 4)).amax(-1) * clip
     step = split.spike_scale * ka.code_range(4, True)[1]
     assert (blocks <= block_gains * step * (1 + 1e-5)).all()  # the gain holds the block
     smaller = (block_gains - 1) * step
     assert ((block_gains == 1) | (blocks > smaller * (1 - 1e-5))).all()  # and is the smallest that does
     value = ka.dequantize_activation(split, spec)
-    inside = (x.abs() <= (blocks * (1 - 1e-6)).repeat_interleave(4, -1)) | (split.mask if split.mask is not None else False)
+    inside = (x.abs() <= (blocks * (1 - 1e-6)).repeat_interleave(4, -1)) | (mask if mask is not None else False)
     half_step = (gains * split.spike_scale / 2) * (1 + 1e-5) + 1e-30
     outlier_step = 0 if split.outlier_scale is None else split.outlier_scale / 2 * (1 + 1e-5)
     assert ((x - value).abs() <= torch.maximum(half_step, torch.as_tensor(outlier_step)))[inside].all()

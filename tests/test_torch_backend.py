@@ -138,3 +138,30 @@ def test_an_unsupported_attribute_is_one_clear_error():
     node = oh.make_node("Softmax", ["x"], ["y"], name="sm", axis=1, flavour=2)
     with pytest.raises(UnsupportedOpError, match=r"node 'sm' \(Softmax\): attribute 'flavour' is not supported"):
         lower(_single_node_model(node))
+
+
+def test_outlier_codes_go_to_the_products_as_entries_and_give_the_dense_results():
+    """Only products read the quantizers' outlier codes, so they travel as their few entries
+    per token (`SparseCodes`); forced dense, the same logits come out bit for bit. A quantizer
+    whose outlier codes are asked for as an output keeps them dense."""
+    from conftest import TINY_LLAMA, TINY_LLAMA_IDS
+
+    from kirin_compiler import calibration
+    from kirin_compiler.backends.torch_kirin import ActQuant
+
+    model = load_model(TINY_LLAMA)
+    ids = np.load(TINY_LLAMA_IDS)
+    calibration.attach(model, calibration.Calibration([{"input_ids": ids}], "test", None, progress=False))
+    compile_model(model)
+    feeds = {"input_ids": ids}
+    for mode in ("qann", "snn"):
+        module = lower(model, mode)
+        quantizers = [m for m in module.modules() if isinstance(m, ActQuant) and m.spec.outliers != "none"]
+        assert quantizers and all(m.sparse for m in quantizers)
+        sparse = run(module, model, feeds)
+        for quantizer in quantizers:
+            quantizer.sparse = False
+        assert all(np.array_equal(a, b) for a, b in zip(sparse, run(module, model, feeds)))
+    node = next(n for n in model.graph if n.op_type == "TTFSEncoder" and len(n.outputs) > 2)
+    module = lower(model, "qann", outputs=[node.outputs[2]])
+    assert not getattr(module, node.name.replace(".", "_").replace("-", "_")).sparse
