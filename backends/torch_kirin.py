@@ -96,7 +96,8 @@ class ActQuant(KirinModule):
         if self.counting:  # the division, and the scale's maximum unless it is static
             self.probe.count(self.node, float_ops=(1 if spike_scale is not None else 2) * x.numel())
         split = ka.split_activation(x, spec, spike_scale, outlier_mask, outlier_scale)
-        codes, outlier_codes = ka.activation_codes(split, spec)
+        # the codes take the ratio's memory, except in the snn mode, whose neurons fire it
+        codes, outlier_codes = ka.activation_codes(split, spec, reuse=self.mode == "qann")
         spikes = self.spikes(split, codes)
         if outlier_codes is None:
             return spikes, split.spike_scale

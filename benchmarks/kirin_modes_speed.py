@@ -2,8 +2,9 @@
 
 Prints, in one run, the median time of a forward in the ``float`` mode (4-bit weights, float
 activations), the ``qann`` mode (the integer reference) and the ``snn`` mode (every time step
-simulated), each in its own process, with the ratios the project holds itself to: qann at most
-2x float, snn at most 10x qann; the machine's load is printed before each mode::
+simulated), each mode in its own process, with the ratios the project holds itself to: qann at
+most 2x float, snn at most 10x qann. The modes take turns, one forward each per round, so that
+a machine whose speed drifts slows them alike; the machine's load is printed every round::
 
     make bench-deps
     .venv/bin/python benchmarks/kirin_modes_speed.py [--workdir DIR] [--repeats 3]
@@ -26,6 +27,7 @@ sys.path.insert(0, str(HERE))
 from _load import machine_load  # noqa: E402
 
 THREADS = 2
+MODES = ("float", "qann", "snn")
 BOUNDS = {"qann": ("float", 2.0), "snn": ("qann", 10.0)}
 
 
@@ -44,12 +46,21 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "kirin_compiler", str(model), "-o", str(compiled),
                             "--calib", str(calib), "--no-calib-cache"], check=True)
         context = multiprocessing.get_context("spawn")
-        seconds = {}
-        for mode in ("float", "qann", "snn"):
-            print(f"  {mode:<6} starting at {machine_load()}", flush=True)
-            with context.Pool(1) as pool:
-                seconds[mode] = pool.apply(_measure, (str(compiled), str(evaluation), mode, args.repeats))
-            print(f"  {mode:<6} {seconds[mode]:.3f} s", flush=True)
+        workers = {}  # one process per mode, the model lowered and warmed up once, in turn
+        try:
+            for mode in MODES:
+                workers[mode] = context.Pool(1, _prepare, (str(compiled), str(evaluation), mode))
+                workers[mode].apply(int)  # returns once the worker is ready
+            times = {mode: [] for mode in MODES}
+            for round_ in range(1, args.repeats + 1):
+                for mode, worker in workers.items():
+                    times[mode].append(worker.apply(_forward))
+                figures = "  ".join(f"{mode} {times[mode][-1]:.3f} s" for mode in MODES)
+                print(f"  round {round_}: {figures}  ({machine_load()})", flush=True)
+        finally:
+            for worker in workers.values():
+                worker.terminate()
+        seconds = {mode: statistics.median(times[mode]) for mode in MODES}
 
     print()
     print(f"SmolLM2-135M compiled (default pipeline), 1x512 forward, {THREADS} threads, "
@@ -66,7 +77,10 @@ def main() -> int:
     return 0
 
 
-def _measure(compiled: str, evaluation: str, mode: str, repeats: int) -> float:
+_state: dict = {}
+
+
+def _prepare(compiled: str, evaluation: str, mode: str) -> None:
     import numpy as np
     import torch
 
@@ -77,13 +91,14 @@ def _measure(compiled: str, evaluation: str, mode: str, repeats: int) -> float:
     model = load_model(compiled)
     module = torch_backend.lower(model, mode)
     feeds = {"input_ids": np.load(evaluation)[:1]}
-    torch_backend.run(module, model, feeds)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch_backend.run(module, model, feeds)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    _state.update(run=lambda: torch_backend.run(module, model, feeds))
+    _state["run"]()  # warm-up
+
+
+def _forward() -> float:
+    start = time.perf_counter()
+    _state["run"]()
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """The Kirin arithmetic as torch functions: the one implementation both execution modes call.
 
 Everything here follows ``docs/arithmetic.md``. Codes and integer accumulators are held in
-float tensors; every sum of integers is exact while its partial sums stay below 2^24 in float32
-(or 2^53 in float64), and `integer_matmul` cuts a product into float32 parts that provably do,
-or takes float64. The float parts have one fixed order of evaluation (`rescale`, then the division by the output step that gives a neuron's normalized
-membrane) that the integer reference (``qann``) and the time-stepped network (``snn``) share,
-so the two modes agree bit for bit once their integers do.
+float tensors (the sum of a product's parts in int32); every sum of integers is exact while its
+partial sums stay below 2^24 in float32 (or 2^53 in float64), and `integer_matmul` cuts a
+product into float32 parts that provably do, or takes float64. The float parts have one fixed
+order of evaluation (`rescale`, then the division by the output step that gives a neuron's
+normalized membrane) that the integer reference (``qann``) and the time-stepped network
+(``snn``) share, so the two modes agree bit for bit once their integers do.
 
 Two views of the same codes:
 
@@ -14,9 +15,11 @@ Two views of the same codes:
   emits a spike train (one spike per neuron at most), and `integrate_spikes` turns input spike
   trains into accumulators with additions only.
 
-`R` is round half away from zero, computed as ``floor(r) + (r - floor(r) >= 1/2)`` on ``|r|``:
-the subtraction is exact in floating point, so ``R(r) >= j`` holds exactly when ``r >= j - 1/2``,
-the comparison a neuron makes (``floor(r + 1/2)`` is not exact: it rounds ``0.5 - 2^-25`` up).
+`R` is round half away from zero, computed as ``floor((floor(2|r|) + 1) / 2)`` with the sign of
+``r``: doubling, flooring, adding one and halving are exact in floating point below ``2^23`` (past
+it, where ``+ 1`` may round, every code saturates anyway), so ``R(r) >= j`` holds exactly when
+``r >= j - 1/2``, the comparison a neuron makes (``floor(r + 1/2)`` is not exact: it rounds
+``0.5 - 2^-25`` up).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 
 EXACT_FLOAT32 = 2**24  # integers up to this magnitude are exact in float32
+EXACT_INT32 = 2**31 - 1  # and below this one in int32
 OUTLIER_TOP = 127  # 8-bit outlier codes, [-127, 127] ([0, 127] unsigned)
 
 
@@ -63,24 +67,22 @@ def widen(codes: torch.Tensor, kind: torch.dtype = torch.float32) -> torch.Tenso
 
 def round_half_away(r: torch.Tensor) -> torch.Tensor:
     """``R(r) = sign(r) * floor(|r| + 1/2)``, evaluated exactly (see the module docstring)."""
-    magnitude = r.abs()
-    whole = magnitude.floor()
-    # in place: the fraction, then its comparison (1.0 or 0.0), added to the whole part
-    return whole.add_(magnitude.sub_(whole).ge_(0.5)).copysign_(r)
+    return round_half_up(r.abs(), in_place=True).copysign_(r)
 
 
-def round_half_up(r: torch.Tensor) -> torch.Tensor:
-    """``floor(r) + (r - floor(r) >= 1/2)``: `round_half_away` for ``r >= 0`` in fewer passes
-    (for unsigned codes; a negative ``r`` gives a value ``<= 0``, which the clamp at 0 makes 0,
-    as it does `round_half_away`'s)."""
-    whole = r.floor()
-    return whole.add_((r - whole).ge_(0.5))
+def round_half_up(r: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """``floor(r + 1/2)`` as ``floor((floor(2r) + 1) / 2)``, every step exact: `round_half_away`
+    for ``r >= 0`` (for unsigned codes; a negative ``r`` gives a value ``<= 0``, which the clamp
+    at 0 makes 0, as it does `round_half_away`'s). ``in_place``: in ``r``'s memory."""
+    doubled = r.mul_(2.0) if in_place else r * 2.0
+    return doubled.floor_().add_(1.0).mul_(0.5).floor_()
 
 
-def round_codes(r: torch.Tensor, lo: int) -> torch.Tensor:
+def round_codes(r: torch.Tensor, lo: int, in_place: bool = False) -> torch.Tensor:
     """``R(r)`` for codes whose lowest value is ``lo``: `round_half_up` for unsigned codes
-    (``lo = 0``, equal once clamped at 0), `round_half_away` otherwise."""
-    return round_half_up(r) if lo == 0 else round_half_away(r)
+    (``lo = 0``, equal once clamped at 0), `round_half_away` otherwise. ``in_place``: the
+    codes may take ``r``'s memory (the caller no longer needs ``r``)."""
+    return round_half_up(r, in_place) if lo == 0 else round_half_away(r)
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -318,11 +320,14 @@ def with_gains(codes: torch.Tensor, gains: torch.Tensor | None) -> torch.Tensor:
     return codes.unflatten(-1, (gains.shape[-2], -1)).mul_(gains).flatten(-2)
 
 
-def activation_codes(split: Split, spec: ActivationSpec) -> tuple[torch.Tensor, SparseCodes | None]:
+def activation_codes(
+    split: Split, spec: ActivationSpec, reuse: bool = False
+) -> tuple[torch.Tensor, SparseCodes | None]:
     """The spike codes ``q`` (0 at outliers; before their gains) and the 8-bit outlier codes of
-    a `Split` (the ``qann`` view; the ``snn`` view fires ``ratio`` instead)."""
+    a `Split` (the ``qann`` view; the ``snn`` view fires ``ratio`` instead). With ``reuse`` the
+    spike codes take the split's ``ratio``'s memory (the caller no longer needs it)."""
     lo, hi = code_range(spec.bits, spec.signed)
-    codes = round_codes(split.ratio, lo).clamp_(lo, hi)
+    codes = round_codes(split.ratio, lo, in_place=reuse).clamp_(lo, hi)
     o = split.outliers
     if o is None:
         return codes, None
@@ -394,7 +399,13 @@ def exact_chunks(codes: torch.Tensor, norms: WeightNorms) -> int | None:
 def _fits_float32(row_norm: torch.Tensor, column_energy: torch.Tensor) -> bool:
     """Whether every partial sum a row of norm ``row_norm`` makes with a column of squared
     norm ``column_energy`` stays exact in float32 (a margin for the float32 norms)."""
-    return float((row_norm.square() * column_energy).max()) * 1.002 < float(EXACT_FLOAT32) ** 2
+    return _fits(row_norm, column_energy, EXACT_FLOAT32)
+
+
+def _fits(row_norm: torch.Tensor, column_energy: torch.Tensor, limit: int) -> bool:
+    """Whether a row of norm ``row_norm`` times a column of squared norm ``column_energy``
+    stays below ``limit`` (Cauchy-Schwarz, with a margin for the float32 norms)."""
+    return float((row_norm.square() * column_energy).max()) * 1.002 < float(limit) ** 2
 
 
 def _entries_fit_float32(values: torch.Tensor, norms: WeightNorms) -> bool:
@@ -436,7 +447,8 @@ def integer_matmul(
 ) -> torch.Tensor:
     """``codes @ weights`` of integers, exactly (float products of integers are exact while
     every partial sum is, in any order): float32 products of the parts `exact_chunks` finds,
-    added in float64, or one float64 product.
+    added in int32 (in float64 when the bound of the whole product passes 2^31), or one float64
+    product.
 
     ``weights`` is a linear product's synapses (`synapses`) or an attention product's right
     operand; ``norms`` its `WeightNorms`, when the caller keeps them. Outlier codes (a few per
@@ -460,10 +472,15 @@ def integer_matmul(
             return torch.sparse.mm(rows, weights).view(*codes.shape[:-1], weights.shape[-1])
     if parts == 1:
         return codes @ weights
+    # every part is exact; their sum is held exactly in int32 while the bound of the whole
+    # product stays below 2^31, in float64 past it
+    rows = codes.reshape(-1, depth)
+    whole = _fits(torch.linalg.vector_norm(rows, dim=-1).amax(), norms.column_energy(1), EXACT_INT32)
+    kind = torch.int32 if whole else torch.float64
     size = depth // parts
-    total = (codes[..., :size] @ weights[..., :size, :]).double()
-    for start in range(size, depth, size):  # float64 holds the sum exactly
-        total.add_(codes[..., start : start + size] @ weights[..., start : start + size, :])
+    total = (codes[..., :size] @ weights[..., :size, :]).to(kind)
+    for start in range(size, depth, size):
+        total.add_((codes[..., start : start + size] @ weights[..., start : start + size, :]).to(kind))
     return total
 
 
@@ -482,7 +499,8 @@ def _entries_matmul(codes: SparseCodes, weights: torch.Tensor, norms: WeightNorm
         rows = torch.arange(len(values) + 1) * count
         with warnings.catch_warnings():  # "sparse CSR support is in beta state"
             warnings.simplefilter("ignore", UserWarning)
-            matrix = torch.sparse_csr_tensor(rows, index.reshape(-1), values.reshape(-1), (len(values), len(weights)))
+            shape = (len(values), len(weights))
+            matrix = torch.sparse_csr_tensor(rows, index.reshape(-1), values.reshape(-1), shape)
             return torch.sparse.mm(matrix, weights).view(*codes.shape[:-1], columns)
     # an attention product: per entry, the selected rows of the operand times the entries' values
     depth, tokens = weights.shape[-2], codes.shape[-2]
@@ -513,8 +531,8 @@ def rescale(
     """``Y = ((s_N * V) + (s_O * U)) * s_w`` in float32, evaluated in this order.
 
     The one order of evaluation of the float part: both modes call this on their integers, so
-    their outputs agree bit for bit once the integers do (an accumulator held in float64 is
-    first rounded to float32, a function of its integer alone). With ``reuse``, the
+    their outputs agree bit for bit once the integers do (an accumulator held in float64 or
+    int32 is first rounded to float32, a function of its integer alone). With ``reuse``, the
     accumulators' memory holds the result (the same operations, in place: the caller no longer
     needs them)."""
     spike = _scaled(spike_acc, spike_scale, reuse)

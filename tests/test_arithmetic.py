@@ -82,8 +82,13 @@ def test_integer_products_widen_past_float32s_exact_range():
     codes = torch.full((1, 2048), 127.0)
     weights = torch.full((2048, 1), 127.0)
     weights[0] = 128.0  # the sum, 127 * (127 * 2047 + 128) = 33,032,319, is odd: not a float32
-    assert ka.exact_chunks(codes, ka.WeightNorms(weights)) == 2  # cut in two halves, added in float64
-    assert ka.integer_matmul(codes, weights).item() == 33_032_319
+    assert ka.exact_chunks(codes, ka.WeightNorms(weights)) == 2  # cut in two halves, added in int32
+    total = ka.integer_matmul(codes, weights)
+    assert total.dtype == torch.int32 and total.item() == 33_032_319
+    # past 2^31 the parts are added in float64: 2^18 products of 127 x 128, cut in 256 parts
+    codes, weights = torch.full((1, 2**18), 127.0), torch.full((2**18, 1), 128.0)
+    total = ka.integer_matmul(codes, weights)
+    assert total.dtype == torch.float64 and total.item() == 127 * 128 * 2**18
     # Cauchy-Schwarz: 1000 products of 127 x 127 stay below 2^24; 1040 are cut in two, 2080 in
     # four; 31 channels that cannot be cut take float64
     for depth, weight, parts in ((1000, 127, 1), (1040, 127, 2), (2080, 127, 4), (31, 2**17, None)):
