@@ -30,6 +30,7 @@ from typing import Iterator
 import google.protobuf.message
 import onnx_ir as ir
 
+from kirin_compiler import files
 from kirin_compiler.errors import KirinError
 from kirin_compiler.kirin_ops import KIRIN_DOMAIN, KIRIN_OPSET_VERSION
 from kirin_compiler.verify import VerificationError, verify_model
@@ -75,6 +76,9 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise KirinError(f"'{path}' is a malformed ONNX model: {error}") from None
     except KirinError as error:
         raise KirinError(f"'{path}': {error}") from None
+    files.read(path, "the input model")
+    for weights in external_data_files(model):
+        files.read(weights, "the input's weights")
     return model
 
 
@@ -181,6 +185,8 @@ def save_model(
     external = total_bytes > external_data_threshold
     data = path.with_name(f"{path.name}.data")
     check_not_weights_in_use(model, [path, data] if external else [path])
+    if external:
+        files.check_output(data)
     try:
         with atomic_path(path) as temporary:
             if external:
@@ -248,8 +254,7 @@ def check_writable(path: str | os.PathLike) -> None:
     """Fails early, before any work, if ``path`` cannot be written."""
     path = pathlib.Path(path)
     folder = path.parent if str(path.parent) else pathlib.Path(".")
-    if path.is_dir():
-        raise KirinError(f"output path '{path}' is a directory; give a file name")
+    files.check_output(path)
     if not folder.is_dir():
         raise KirinError(f"cannot write '{path}': folder '{folder}' does not exist")
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import pathlib
 from typing import Sequence, TextIO
 
 import onnx_ir as ir
 
+from kirin_compiler import files
 from kirin_compiler.errors import KirinError
-from kirin_compiler.format import save_model
+from kirin_compiler.format import atomic_path, save_model
 from kirin_compiler.pass_manager import PassRecord, node_count
 from kirin_compiler.printer import format_model
 
@@ -79,15 +81,17 @@ class DumpDir:
     """Writes ``00_input.txt``/``.onnx``, ``01_<pass>.txt``/``.onnx``, ... and ``manifest.json``.
 
     The manifest is rewritten after every file, so that a run that fails halfway leaves a
-    folder that says what it holds (and can be reused). A folder is only ever reused if it is
-    empty or holds an earlier dump; files of an earlier dump are replaced, nothing else in the
-    folder is touched.
+    folder that says what it holds (and can be reused). It records the sha256 of every file
+    written. A folder is only ever reused if it is empty or holds an earlier dump; the files of
+    the earlier dump are removed only when they are still what it wrote (their sha256) and the
+    run does not read them; otherwise the run is refused before it writes anything. Nothing
+    else in the folder is touched.
     """
 
     def __init__(self, folder: str | pathlib.Path) -> None:
         self.folder = pathlib.Path(folder)
         check_dump_dir(self.folder)
-        self._manifest: dict = {"tool": "kirin_compiler", "input": {}, "passes": []}
+        self._manifest: dict = {"tool": "kirin_compiler", "input": {}, "passes": [], "sha256": {}}
 
     def run_started(self, model: ir.Model) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -106,21 +110,59 @@ class DumpDir:
         pass
 
     def _write(self, stem: str, model: ir.Model) -> list[str]:
-        (self.folder / f"{stem}.txt").write_text(format_model(model))
-        written = save_model(model, self.folder / f"{stem}.onnx")
-        return [f"{stem}.txt"] + [path.name for path in written]
+        text = self.folder / f"{stem}.txt"
+        with atomic_path(text) as temporary:
+            temporary.write_text(format_model(model))
+        written = [text, *save_model(model, self.folder / f"{stem}.onnx")]
+        for path in written:
+            self._manifest["sha256"][path.name] = _sha256(path)
+        return [path.name for path in written]
 
     def _write_manifest(self) -> None:
-        (self.folder / MANIFEST).write_text(json.dumps(self._manifest, indent=2) + "\n")
+        with atomic_path(self.folder / MANIFEST) as temporary:
+            temporary.write_text(json.dumps(self._manifest, indent=2) + "\n")
 
     def _remove_previous_dump(self) -> None:
+        """Removes the earlier dump's files, after checking every one of them: a file the run
+        reads, or one that is no longer what the earlier dump wrote, stops the run."""
         manifest = self.folder / MANIFEST
         if not manifest.exists():
             return
-        previous = json.loads(manifest.read_text())
-        entries = [previous.get("input", {})] + previous.get("passes", [])
-        for name in [f for entry in entries for f in entry.get("files", [])] + [MANIFEST]:
-            (self.folder / pathlib.Path(name).name).unlink(missing_ok=True)
+        try:
+            previous = json.loads(manifest.read_text())
+            entries = [previous.get("input", {})] + list(previous.get("passes", []))
+            digests = dict(previous.get("sha256", {}))
+            listed = [pathlib.Path(f).name for entry in entries for f in entry.get("files", [])]
+        except (ValueError, TypeError, AttributeError):
+            raise KirinError(
+                f"--dump-dir '{self.folder}': its {MANIFEST} is malformed; choose another folder"
+            ) from None
+        removable = []
+        for name in listed:
+            path = self.folder / name
+            if not path.exists() and not path.is_symlink():
+                continue
+            if files.reads(path):
+                raise KirinError(
+                    f"--dump-dir '{self.folder}' holds '{path}', which this run reads; "
+                    "choose another folder"
+                )
+            if path.is_symlink() or not path.is_file() or digests.get(name) != _sha256(path):
+                raise KirinError(
+                    f"--dump-dir '{self.folder}': '{path}' is not the file the earlier dump "
+                    "wrote (changed, or written by hand); move it or choose another folder"
+                )
+            removable.append(path)
+        for path in [*removable, manifest]:
+            path.unlink(missing_ok=True)
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_dump_dir(folder: pathlib.Path) -> None:

@@ -24,6 +24,7 @@ import re
 import sys
 import typing
 
+from kirin_compiler import files
 from kirin_compiler.errors import KirinError
 from kirin_compiler.pass_manager import Pass
 
@@ -192,6 +193,7 @@ def _import(module_name: str, spec: str):
         unique = f"kirin_user_pass_{hashlib.sha1(resolved.encode()).hexdigest()[:12]}"
         if unique in sys.modules:
             return sys.modules[unique]
+        files.read(path, "the pass plugin")
         module_spec = importlib.util.spec_from_file_location(unique, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[unique] = module
@@ -201,6 +203,9 @@ def _import(module_name: str, spec: str):
             raise KirinError(f"--load-pass '{spec}': importing '{path}' failed: {error}") from error
         return module
     try:
-        return importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     except ImportError as error:
         raise KirinError(f"--load-pass '{spec}': cannot import '{module_name}': {error}") from None
+    if getattr(module, "__file__", None):
+        files.read(module.__file__, "the pass plugin")
+    return module

@@ -14,6 +14,7 @@ import importlib
 import sys
 from typing import Sequence
 
+from kirin_compiler import files
 from kirin_compiler.errors import KirinError, PassFailedError
 
 # command -> module (imported only when its command runs: torch loads in seconds)
@@ -32,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv[0] if argv and argv[0] in COMMANDS else None
     module = importlib.import_module(f"kirin_compiler.cli.{COMMANDS[command or 'compile']}")
     try:
-        return module.main(argv[1:] if command else argv)
+        with files.session():  # what the command reads, protected from what it writes
+            return module.main(argv[1:] if command else argv)
     except PassFailedError as error:
         print(f"kirinc: error: {error}", file=sys.stderr)
         return 1

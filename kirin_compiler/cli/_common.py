@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 import tokenizers
 
-from kirin_compiler import calibration
+from kirin_compiler import calibration, files
 from kirin_compiler.errors import KirinError
 
 
@@ -98,7 +98,7 @@ def load_tokenizer(folder: str | None) -> tokenizers.Tokenizer | None:
     path = pathlib.Path(folder) / "tokenizer.json"
     if not path.is_file():
         raise KirinError(f"--tokenizer '{folder}' has no tokenizer.json")
-    return tokenizers.Tokenizer.from_file(str(path))
+    return tokenizers.Tokenizer.from_file(str(files.read(path, "the tokenizer")))
 
 
 def token_ids(path: pathlib.Path, tokenizer: tokenizers.Tokenizer | None) -> np.ndarray:
@@ -106,6 +106,7 @@ def token_ids(path: pathlib.Path, tokenizer: tokenizers.Tokenizer | None) -> np.
     without special tokens."""
     if not path.is_file():
         raise KirinError(f"input file '{path}' does not exist")
+    files.read(path, "the token ids" if path.suffix == ".npy" else "the text")
     if path.suffix == ".npy":
         try:
             ids = np.load(path, allow_pickle=False)

@@ -9,7 +9,7 @@ import sys
 import textwrap
 from typing import Sequence
 
-from kirin_compiler import __version__
+from kirin_compiler import __version__, files
 from kirin_compiler.accounting import KEY_TIMESTEPS
 from kirin_compiler.cli import _common
 from kirin_compiler.compiler import DEFAULT_PIPELINE, compile_model
@@ -100,6 +100,8 @@ def main(argv: Sequence[str]) -> int:
         )
     if args.calib is not None:
         _common.attach_calibration(args, model)
+    if args.output is not None:  # every input is read by now: none of them may be the output
+        files.check_output(args.output)
     compile_model(model, passes, instruments=instruments, stop_after=args.stop_after)
     if args.output is None:
         print("kirinc: no -o given: nothing written", file=sys.stderr)

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import onnx_ir as ir
 
-from kirin_compiler import calibration, evaluation
+from kirin_compiler import calibration, evaluation, files
 from kirin_compiler.backends import torch_backend
 from kirin_compiler.backends.torch_kirin import MODES
 from kirin_compiler.cli import _common
@@ -80,11 +80,12 @@ def main(argv: Sequence[str]) -> int:
                 f"pipeline '{configuration.label}' calibrates: give --calib IDS.npy (token ids) or "
                 "--calib TEXT --tokenizer DIR"
             )
-    if args.json:
+    if args.json:  # checked before any work against what the run will read
+        for path, what in [*((m, "the model") for m in args.model), (args.text, "the text"),
+                           (args.calib, "the calibration input")]:
+            if path:
+                files.read(path, what)
         check_writable(args.json)
-        read = [*args.model, args.text, args.calib]
-        if any(f and pathlib.Path(f).resolve() == pathlib.Path(args.json).resolve() for f in read):
-            raise KirinError(f"--json '{args.json}' is a file this run reads; choose another name")
         for model in models.values():
             check_not_weights_in_use(model, [pathlib.Path(args.json)])
     sources = [path for path in paths if not compiled[path]]

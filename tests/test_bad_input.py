@@ -1,0 +1,139 @@
+"""Bad input, as a table: each case sets up files in a fresh folder and runs one kirinc command.
+
+Every case must end the same way: exit status 2, one line on stderr (``kirinc: error: ...``, no
+traceback), no output file left behind, and every file the case gave kirinc unchanged (and still
+what it was: a FIFO stays a FIFO).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import stat
+from typing import Callable
+
+import pytest
+from conftest import REPO, TINY_LLAMA, TINY_LLAMA_IDS
+
+from kirin_compiler.cli import main
+
+TOKENIZER = REPO / "models" / "wiki_tokenizer"
+TEXT = REPO / "models" / "wiki_calib.txt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    argv: Callable[[pathlib.Path], list]  # the command, given the case's folder (inputs ready)
+    message: str  # a part of the error line
+    setup: Callable[[pathlib.Path], None] = lambda folder: None
+
+
+def _inputs(folder: pathlib.Path) -> None:
+    """What every case starts with: the tiny model, its ids, a text and a tokenizer, copied."""
+    shutil.copy(TINY_LLAMA, folder / "model.onnx")
+    shutil.copy(TINY_LLAMA_IDS, folder / "ids.npy")
+    shutil.copy(TEXT, folder / "text.txt")
+    shutil.copytree(TOKENIZER, folder / "tok")
+    (folder / "plugin.py").write_text(
+        "import dataclasses\nfrom kirin_compiler import Pass\n\n"
+        "@dataclasses.dataclass(frozen=True)\nclass Nothing(Pass):\n    name = 'nothing'\n\n"
+        "    def call(self, model):\n        import onnx_ir as ir\n"
+        "        return ir.passes.PassResult(model, False)\n"
+    )
+
+
+def _fifo(name: str) -> Callable[[pathlib.Path], None]:
+    return lambda folder: os.mkfifo(folder / name)
+
+
+def _link(name: str, target: str, hard: bool = False) -> Callable[[pathlib.Path], None]:
+    def setup(folder: pathlib.Path) -> None:
+        (os.link if hard else os.symlink)(folder / target, folder / name)
+    return setup
+
+
+def _earlier_dump(folder: pathlib.Path) -> None:
+    assert main([str(folder / "model.onnx"), "-p", "canonicalize", "--dump-dir", str(folder / "d")]) == 0
+
+
+def _hand_edited_manifest(folder: pathlib.Path) -> None:
+    _earlier_dump(folder)
+    (folder / "d" / "notes.txt").write_text("mine")
+    manifest = json.loads((folder / "d" / "manifest.json").read_text())
+    manifest["input"]["files"].append("notes.txt")
+    (folder / "d" / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _edited_dump_file(folder: pathlib.Path) -> None:
+    _earlier_dump(folder)
+    (folder / "d" / "01_canonicalize.txt").write_text("my notes on the IR")
+
+
+M = "model.onnx"
+CASES = [
+    # an output onto a file the run reads
+    Case("-o onto the calibration ids", lambda f: [f / M, "-p", "canonicalize", "--calib", f / "ids.npy",
+                                                   "-o", f / "ids.npy"], "the token ids"),
+    Case("-o onto the calibration text", lambda f: [f / M, "-p", "canonicalize", "--calib", f / "text.txt",
+                                                    "--tokenizer", f / "tok", "-o", f / "text.txt"], "the text"),
+    Case("-o onto the tokenizer", lambda f: [f / M, "-p", "canonicalize", "--calib", f / "text.txt",
+                                             "--tokenizer", f / "tok", "-o", f / "tok" / "tokenizer.json"],
+         "the tokenizer"),
+    Case("-o onto a --load-pass file", lambda f: [f / M, "--load-pass", f"{f / 'plugin.py'}:Nothing",
+                                                  "-p", "nothing", "-o", f / "plugin.py"], "the pass plugin"),
+    Case("-o onto a symlink to the input", lambda f: [f / M, "-p", "canonicalize", "-o", f / "link.onnx"],
+         "is the input file", _link("link.onnx", M)),
+    Case("-o onto a hard link to the ids", lambda f: [f / M, "-p", "canonicalize", "--calib", f / "ids.npy",
+                                                      "-o", f / "ids2.npy"], "the token ids",
+         _link("ids2.npy", "ids.npy", hard=True)),
+    Case("run --save onto its --input", lambda f: ["run", f / M, "--input", f / "ids.npy", "--save", f / "ids.npy"],
+         "the token ids"),
+    Case("eval --json onto its --text", lambda f: ["eval", f / M, "--text", f / "text.txt", "--tokenizer", f / "tok",
+                                                   "--json", f / "text.txt", "--length", "8"],
+         "would replace the text"),
+    # outputs that are not regular files
+    Case("-o onto a FIFO", lambda f: [f / M, "-p", "canonicalize", "-o", f / "pipe"], "not a regular file",
+         _fifo("pipe")),
+    Case("-o onto /dev/null", lambda f: [f / M, "-p", "canonicalize", "-o", "/dev/null"], "not a regular file"),
+    Case("run --save onto a FIFO", lambda f: ["run", f / M, "--input", f / "ids.npy", "--save", f / "pipe.npy"],
+         "not a regular file", _fifo("pipe.npy")),
+    # a reused dump folder removes only what it can prove it wrote
+    Case("--dump-dir holding the run's input", lambda f: [f / "d" / "00_input.onnx", "-p", "canonicalize",
+                                                          "--dump-dir", f / "d"], "which this run reads",
+         _earlier_dump),
+    Case("--dump-dir whose manifest lists a user file", lambda f: [f / M, "-p", "canonicalize", "--dump-dir", f / "d"],
+         "not the file the earlier dump wrote", _hand_edited_manifest),
+    Case("--dump-dir with a dump file edited by hand", lambda f: [f / M, "-p", "canonicalize", "--dump-dir", f / "d"],
+         "not the file the earlier dump wrote", _edited_dump_file),
+]
+
+
+def _state(folder: pathlib.Path) -> dict[str, tuple]:
+    """Every entry under ``folder``: its kind, and a regular file's sha256."""
+    state = {}
+    for path in sorted(folder.rglob("*")):
+        mode = path.lstat().st_mode
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(mode) else None
+        state[str(path.relative_to(folder))] = (stat.S_IFMT(mode), digest)
+    return state
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input_is_one_error_line_and_loses_nothing(case, tmp_path, capsys):
+    _inputs(tmp_path)
+    case.setup(tmp_path)
+    capsys.readouterr()
+    before = _state(tmp_path)
+    null = os.stat("/dev/null")
+    status = main([str(a) for a in case.argv(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith("kirinc: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert case.message in err, err
+    assert _state(tmp_path) == before  # nothing lost, changed or left behind
+    assert os.stat("/dev/null").st_rdev == null.st_rdev and stat.S_ISCHR(os.stat("/dev/null").st_mode)
