@@ -28,6 +28,8 @@ import tempfile
 from typing import Iterator
 
 import google.protobuf.message
+import numpy as np
+import onnx
 import onnx_ir as ir
 
 from kirin_compiler import files
@@ -56,8 +58,8 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise KirinError(f"input file '{path}' does not exist")
     if not path.is_file():
         raise KirinError(f"input '{path}' is not a file")
-    try:
-        model = ir.load(path)
+    try:  # from the file a link points to: its external data lies beside it, where it is checked
+        model = ir.load(path.resolve())
     except (google.protobuf.message.DecodeError, RuntimeError, ValueError, OSError) as error:
         raise KirinError(
             f"'{path}' is not a readable ONNX model (it may be truncated or another kind of "
@@ -67,9 +69,19 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise KirinError(
             f"'{path}' is not an ONNX model (no IR version or graph); export the model to ONNX first"
         )
+    if model.ir_version > onnx.IR_VERSION:
+        raise KirinError(
+            f"'{path}' has ONNX IR version {model.ir_version}; kirin_compiler reads up to "
+            f"{onnx.IR_VERSION}: export it with an older onnx, or upgrade kirin_compiler"
+        )
+    if not model.graph.outputs:
+        raise KirinError(f"'{path}' has no graph outputs: there is nothing to compute; export the "
+                         "model with its outputs (the logits)")
     _check_opset(model, path)
     _check_external_data(model, path)
     _check_format_version(model, path)
+    _check_shapes(model, path)
+    _check_weights_finite(model, path)
     try:
         verify_model(model)
     except VerificationError as error:
@@ -126,11 +138,61 @@ def _check_external_data(model: ir.Model, path: pathlib.Path) -> None:
 
 def _check_format_version(model: ir.Model, path: pathlib.Path) -> None:
     version = model.metadata_props.get(KEY_FORMAT_VERSION)
-    if version is not None and (not version.isdigit() or int(version) > FORMAT_VERSION):
+    if version is None:
+        return
+    if not version.isdigit():
+        raise KirinError(
+            f"'{path}' records {KEY_FORMAT_VERSION} '{version}', which is not a version number: "
+            "its metadata is damaged; compile the model again from its ONNX file"
+        )
+    if int(version) > FORMAT_VERSION:
         raise KirinError(
             f"'{path}' is a .kirin file of format version {version}; this kirin_compiler reads "
             f"up to version {FORMAT_VERSION}: upgrade kirin_compiler"
         )
+
+
+_DIM_MAX = 2**31 - 1  # no real model has a larger dimension; a larger one is a damaged file
+
+
+def _check_shapes(model: ir.Model, path: pathlib.Path) -> None:
+    """Refuses negative dimensions and absurd ones (past 2^31 - 1) in every declared shape."""
+    values = [*model.graph.inputs, *model.graph.outputs, *model.graph.initializers.values()]
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        values += node.outputs
+    for value in values:
+        shape = value.shape if value.const_value is None else value.const_value.shape
+        for dim in shape or ():
+            if isinstance(dim, int) and not 0 <= dim <= _DIM_MAX:
+                raise KirinError(
+                    f"'{path}': value '{value.name}' has the dimension {dim} in its shape "
+                    f"{list(shape)}; dimensions are 0 to {_DIM_MAX}: the file is damaged"
+                )
+
+
+def _check_weights_finite(model: ir.Model, path: pathlib.Path) -> None:
+    """Refuses NaN or infinite values in the weights the passes quantize: the constant
+    right operand of a ``MatMul`` or ``Gemm``, and an embedding table (``Gather``'s data).
+    Other constants may hold infinities on purpose (a mask's -inf)."""
+    weights = {}
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        operands = {"MatMul": (1,), "Gemm": (1,), "Gather": (0,)}.get(node.op_type, ())
+        for index in operands:
+            value = node.inputs[index] if index < len(node.inputs) else None
+            tensor = None if value is None else value.const_value
+            if tensor is not None and tensor.dtype.is_floating_point():
+                weights[value.name] = tensor
+    for name, tensor in sorted(weights.items()):
+        array = tensor.numpy()
+        finite = np.isfinite(array if array.dtype.kind == "f" else array.astype(np.float32))
+        if not finite.all():
+            where = np.unravel_index(int(np.argmin(finite)), array.shape)
+            raise KirinError(
+                f"'{path}': weight '{name}' holds NaN or infinite values (the first at "
+                f"{list(map(int, where))}); fix the weights before compiling"
+            )
 
 
 def source_provenance(path: str | os.PathLike) -> dict[str, object]:

@@ -103,7 +103,7 @@ class QuantizePass(Pass):
         x, weight = node.inputs
         array = weight.const_value.numpy()
         depth = array.shape[0]
-        group = _blocks(self.group, depth)
+        group = _blocks(self.group, depth, "group", node)
         codes = arithmetic.quantize_weight(
             array, self.bits, group, self.clip_search, self.asymmetric, self.subscale_bits
         )
@@ -122,7 +122,7 @@ class QuantizePass(Pass):
         ]
         unsigned = _after_relu(x)
         static = unsigned and self.relu_static
-        act_group = 0 if unsigned else _blocks(self.act_group, depth)  # gains: signed codes only
+        act_group = 0 if unsigned else _blocks(self.act_group, depth, "act_group", node)  # signed codes only
         act = self._quantizer(
             graph, node, x, -1, self.act_bits, not unsigned, static, quantizers, names, act_group
         )
@@ -164,9 +164,18 @@ class QuantizePass(Pass):
         rewrite.replace(graph, [node], [qmatmul], list(node.outputs), list(qmatmul.outputs))
 
 
-def _blocks(size: int, depth: int) -> int:
-    """``size`` where ``depth`` channels split into two or more whole blocks of it, else 0."""
-    return size if size and depth % size == 0 and depth > size else 0
+def _blocks(size: int, depth: int, option: str, node: ir.Node) -> int:
+    """``size`` where ``depth`` channels split into two or more whole blocks of it; 0 (one
+    block: per channel) where they do not exceed one. A depth that ``size`` does not divide
+    is refused: its model would not be what the recorded option says."""
+    if not size or depth <= size:
+        return 0
+    if depth % size:
+        raise KirinError(
+            f"option {option}={size} does not divide the {depth} input channels of '{node.name}'; "
+            f"use a block size that divides every product's input channels, or {option}=0"
+        )
+    return size
 
 
 def _product_name(node: ir.Node) -> str:

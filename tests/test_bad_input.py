@@ -16,6 +16,9 @@ import shutil
 import stat
 from typing import Callable
 
+import numpy as np
+import onnx
+import onnx.numpy_helper as onh
 import pytest
 from conftest import REPO, TINY_LLAMA, TINY_LLAMA_IDS
 
@@ -74,7 +77,45 @@ def _edited_dump_file(folder: pathlib.Path) -> None:
     (folder / "d" / "01_canonicalize.txt").write_text("my notes on the IR")
 
 
-M = "model.onnx"
+def _edited(edit: Callable[[onnx.ModelProto], None], name: str = "bad.onnx") -> Callable[[pathlib.Path], None]:
+    """A setup that writes the tiny model, changed by ``edit``, as ``name``."""
+    def setup(folder: pathlib.Path) -> None:
+        model = onnx.load(TINY_LLAMA)
+        edit(model)
+        onnx.save(model, folder / name)
+    return setup
+
+
+def _compiled(folder: pathlib.Path) -> None:
+    """``model.kirin``: the tiny model compiled with the default pipeline."""
+    argv = [folder / "model.onnx", "-o", folder / "model.kirin", "--calib", folder / "ids.npy", "--no-calib-cache"]
+    assert main([str(a) for a in argv]) == 0
+
+
+def _ids(values) -> Callable[[pathlib.Path], None]:
+    return lambda folder: np.save(folder / "bad.npy", np.asarray(values))
+
+
+def _set_embedding(model: onnx.ModelProto, value: float) -> None:
+    table = model.graph.initializer[0]
+    array = onh.to_array(table).copy()
+    array[3, 5] = value
+    table.CopyFrom(onh.from_array(array, table.name))
+
+
+def _set_input_dim(model: onnx.ModelProto, value: int) -> None:
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = value
+
+
+def _set_metadata(key: str, value: str) -> Callable[[onnx.ModelProto], None]:
+    return lambda model: onnx.helper.set_model_props(model, {key: value})
+
+
+def _set(field: str, value) -> Callable[[onnx.ModelProto], None]:
+    return lambda model: setattr(model, field, value)
+
+
+M, B = "model.onnx", "bad.onnx"
 CASES = [
     # an output onto a file the run reads
     Case("-o onto the calibration ids", lambda f: [f / M, "-p", "canonicalize", "--calib", f / "ids.npy",
@@ -110,6 +151,33 @@ CASES = [
          "not the file the earlier dump wrote", _hand_edited_manifest),
     Case("--dump-dir with a dump file edited by hand", lambda f: [f / M, "-p", "canonicalize", "--dump-dir", f / "d"],
          "not the file the earlier dump wrote", _edited_dump_file),
+    # token ids the model would read wrongly (ONNX Gather wraps negative indices)
+    Case("run with a negative token id", lambda f: ["run", f / M, "--input", f / "bad.npy"], "token id -3",
+         _ids([1, 2, -3])),
+    Case("verify with a negative token id", lambda f: ["verify", f / "model.kirin", "--input", f / "bad.npy"],
+         "token id -1", lambda f: (_compiled(f), _ids([[5, -1]])(f))),
+    Case("--calib with a negative token id", lambda f: [f / M, "-p", "canonicalize", "--calib", f / "bad.npy",
+                                                        "-o", f / "out.kirin"], "token id -7", _ids([-7, 4])),
+    Case("uint64 token ids past int64", lambda f: ["run", f / M, "--input", f / "bad.npy"],
+         "token id 18446744073709551615", lambda f: np.save(f / "bad.npy", np.array([3, 2**64 - 1], np.uint64))),
+    # models that would compile to something wrong, refused when loaded
+    Case("a NaN in the embedding", lambda f: [f / B, "-p", "canonicalize", "-o", f / "out.kirin"],
+         "holds NaN or infinite values (the first at [3, 5])", _edited(lambda m: _set_embedding(m, np.nan))),
+    Case("an infinity in the embedding", lambda f: ["run", f / B, "--input", f / "ids.npy"],
+         "holds NaN or infinite values", _edited(lambda m: _set_embedding(m, np.inf))),
+    Case("a model without outputs", lambda f: [f / B, "-p", "canonicalize", "-o", f / "out.kirin"],
+         "has no graph outputs", _edited(lambda m: m.graph.ClearField("output"))),
+    Case("an IR version from the future", lambda f: [f / B, "-p", "canonicalize", "-o", f / "out.kirin"],
+         "ONNX IR version 99", _edited(_set("ir_version", 99))),
+    Case("a negative dimension", lambda f: ["inspect", f / B], "the dimension -4",
+         _edited(lambda m: _set_input_dim(m, -4))),
+    Case("a dimension of 2^40", lambda f: ["inspect", f / B], "the dimension 1099511627776",
+         _edited(lambda m: _set_input_dim(m, 2**40))),
+    Case("a format version that is not a number", lambda f: ["inspect", f / B], "is not a version number",
+         _edited(_set_metadata("kirin.format_version", "abc"))),
+    # options the model cannot honour
+    Case("quantize{group=48} on 64 channels", lambda f: [f / M, "-p", "canonicalize,quantize{group=48}",
+                                                         "-o", f / "out.kirin"], "group=48 does not divide"),
 ]
 
 

@@ -118,3 +118,20 @@ def test_a_side_file_never_replaces_the_weights_being_written(tmp_path):
         save_model(model, tmp_path / "out.kirin", external_data_threshold=0)
     assert (tmp_path / "out.kirin.data").read_bytes() == original
     assert not (tmp_path / "out.kirin").exists()
+
+
+def test_a_symlinked_model_reads_the_weights_it_was_checked_with(tmp_path):
+    """A link's external data is read beside the file it points to, where it is checked: a
+    decoy of the same name beside the link is never read."""
+    import numpy as np
+
+    real, elsewhere = tmp_path / "real", tmp_path / "elsewhere"
+    real.mkdir()
+    elsewhere.mkdir()
+    model = onnx.load(TINY_LLAMA)
+    onnx.save(model, real / "m.onnx", save_as_external_data=True, location="m.weights", size_threshold=0)
+    (elsewhere / "m.weights").write_bytes(bytes((real / "m.weights").stat().st_size))  # all zeros
+    (elsewhere / "m.onnx").symlink_to(real / "m.onnx")
+    through_link, direct = load_model(elsewhere / "m.onnx"), load_model(real / "m.onnx")
+    for name, value in direct.graph.initializers.items():
+        assert np.array_equal(through_link.graph.initializers[name].const_value.numpy(), value.const_value.numpy())

@@ -117,6 +117,13 @@ def token_ids(path: pathlib.Path, tokenizer: tokenizers.Tokenizer | None) -> np.
                 f"'{path}' holds {ids.dtype}{list(ids.shape)}; token ids are integers of shape "
                 "[sequence] or [batch, sequence]"
             )
+        if ids.min() < 0 or ids.max() > np.iinfo(np.int64).max:
+            bad = ids.min() if ids.min() < 0 else ids.max()
+            place = [int(i) for i in np.argwhere(ids == bad)[0]]
+            raise KirinError(
+                f"'{path}' holds the token id {bad} (at {place}); token ids run from 0 to the "
+                "vocabulary size - 1"
+            )
         return ids.astype(np.int64).reshape((1, -1) if ids.ndim == 1 else ids.shape)
     if tokenizer is None:
         raise KirinError(f"'{path}' is text: give --tokenizer DIR to tokenize it, or token ids as .npy")
