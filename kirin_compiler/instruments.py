@@ -94,7 +94,11 @@ class DumpDir:
         self._manifest: dict = {"tool": "kirin_compiler", "input": {}, "passes": [], "sha256": {}}
 
     def run_started(self, model: ir.Model) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            reason = error.strerror or error
+            raise KirinError(f"cannot create --dump-dir '{self.folder}': {reason}") from None
         self._remove_previous_dump()
         self._manifest["input"] = {"files": self._write("00_input", model), "nodes": node_count(model)}
         self._write_manifest()

@@ -175,6 +175,17 @@ CASES = [
          _edited(lambda m: _set_input_dim(m, 2**40))),
     Case("a format version that is not a number", lambda f: ["inspect", f / B], "is not a version number",
          _edited(_set_metadata("kirin.format_version", "abc"))),
+    # files that are not what they claim: one line, no traceback
+    Case("a corrupt tokenizer.json", lambda f: ["run", f / M, "--input", f / "ids.npy", "--tokenizer", f / "tok"],
+         "is not a readable tokenizer", lambda f: (f / "tok" / "tokenizer.json").write_text("{not json")),
+    Case("a text that is not UTF-8", lambda f: ["run", f / M, "--input", f / "bad.txt", "--tokenizer", f / "tok"],
+         "is not UTF-8 text (byte 0xff at offset 0)", lambda f: (f / "bad.txt").write_bytes(b"\xff\xfe ids")),
+    Case("a 0-byte .npy", lambda f: ["run", f / M, "--input", f / "bad.npy"], "is not a readable .npy file",
+         lambda f: (f / "bad.npy").write_bytes(b"")),
+    Case("an .npz named .npy", lambda f: [f / M, "-p", "canonicalize", "--calib", f / "bad.npy", "-o", f / "o.kirin"],
+         "is an .npz archive", lambda f: (np.savez(f / "bad.npz", ids=np.arange(4)), (f / "bad.npz").rename(f / "bad.npy"))),
+    Case("a dump folder that cannot be made", lambda f: [f / M, "-p", "canonicalize", "--dump-dir", f / "ids.npy" / "d"],
+         "cannot create --dump-dir"),
     # options the model cannot honour
     Case("quantize{group=48} on 64 channels", lambda f: [f / M, "-p", "canonicalize,quantize{group=48}",
                                                          "-o", f / "out.kirin"], "group=48 does not divide"),

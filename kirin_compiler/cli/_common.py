@@ -98,7 +98,13 @@ def load_tokenizer(folder: str | None) -> tokenizers.Tokenizer | None:
     path = pathlib.Path(folder) / "tokenizer.json"
     if not path.is_file():
         raise KirinError(f"--tokenizer '{folder}' has no tokenizer.json")
-    return tokenizers.Tokenizer.from_file(str(files.read(path, "the tokenizer")))
+    try:
+        return tokenizers.Tokenizer.from_file(str(files.read(path, "the tokenizer")))
+    except Exception as error:  # the tokenizers library raises a bare Exception on a bad file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise KirinError(
+            f"--tokenizer '{folder}': '{path}' is not a readable tokenizer: {reason}"
+        ) from None
 
 
 def token_ids(path: pathlib.Path, tokenizer: tokenizers.Tokenizer | None) -> np.ndarray:
@@ -110,8 +116,13 @@ def token_ids(path: pathlib.Path, tokenizer: tokenizers.Tokenizer | None) -> np.
     if path.suffix == ".npy":
         try:
             ids = np.load(path, allow_pickle=False)
-        except ValueError as error:
-            raise KirinError(f"'{path}' is not a readable .npy file: {error}") from None
+        except (ValueError, EOFError, OSError) as error:
+            raise KirinError(f"'{path}' is not a readable .npy file: {error or 'empty'}") from None
+        if not isinstance(ids, np.ndarray):  # an .npz archive under a .npy name
+            ids.close()
+            raise KirinError(
+                f"'{path}' is an .npz archive, not an .npy array; save the ids with np.save"
+            )
         if ids.dtype.kind not in "iu" or ids.ndim not in (1, 2) or ids.size == 0:
             raise KirinError(
                 f"'{path}' holds {ids.dtype}{list(ids.shape)}; token ids are integers of shape "
@@ -127,7 +138,14 @@ def token_ids(path: pathlib.Path, tokenizer: tokenizers.Tokenizer | None) -> np.
         return ids.astype(np.int64).reshape((1, -1) if ids.ndim == 1 else ids.shape)
     if tokenizer is None:
         raise KirinError(f"'{path}' is text: give --tokenizer DIR to tokenize it, or token ids as .npy")
-    ids = tokenizer.encode(path.read_text(), add_special_tokens=False).ids
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise KirinError(
+            f"'{path}' is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start}); give UTF-8 text, or token ids as .npy"
+        ) from None
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
     if not ids:
         raise KirinError(f"'{path}' tokenizes to no tokens")
     return np.asarray([ids], dtype=np.int64)
