@@ -14,6 +14,7 @@ pass's dataclass field.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.metadata
@@ -61,6 +62,15 @@ class PassRegistry:
             raise KirinError(
                 f"pass class {pass_class.__qualname__}{where} needs a kebab-case 'name' "
                 f"(like 'my-pass'), not {name!r}"
+            )
+        required = [
+            f.name for f in dataclasses.fields(pass_class) if f.init
+            and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ] if dataclasses.is_dataclass(pass_class) else []
+        if required:
+            raise KirinError(
+                f"pass '{name}'{where} has options without a default ({', '.join(required)}); "
+                "give every option a default: a pipeline may name the pass without options"
             )
         existing = self._passes.get(name)
         if existing is not None and existing is not pass_class:
@@ -199,11 +209,19 @@ def _import(module_name: str, spec: str):
         sys.modules[unique] = module
         try:
             module_spec.loader.exec_module(module)
+        except SystemExit as error:  # a plugin may not end the run
+            raise KirinError(
+                f"--load-pass '{spec}': importing '{path}' called sys.exit({error.code})"
+            ) from None
         except Exception as error:
             raise KirinError(f"--load-pass '{spec}': importing '{path}' failed: {error}") from error
         return module
     try:
         module = importlib.import_module(module_name)
+    except SystemExit as error:
+        raise KirinError(
+            f"--load-pass '{spec}': importing '{module_name}' called sys.exit({error.code})"
+        ) from None
     except ImportError as error:
         raise KirinError(f"--load-pass '{spec}': cannot import '{module_name}': {error}") from None
     if getattr(module, "__file__", None):

@@ -186,6 +186,15 @@ CASES = [
          "is an .npz archive", lambda f: (np.savez(f / "bad.npz", ids=np.arange(4)), (f / "bad.npz").rename(f / "bad.npy"))),
     Case("a dump folder that cannot be made", lambda f: [f / M, "-p", "canonicalize", "--dump-dir", f / "ids.npy" / "d"],
          "cannot create --dump-dir"),
+    Case("--calib naming a folder", lambda f: [f / M, "-p", "canonicalize", "--calib", f / "tok", "-o", f / "o.kirin"],
+         "is a folder"),
+    # plugins
+    Case("a plugin calling sys.exit at import", lambda f: [f / M, "--load-pass", f"{f / 'exits.py'}:X", "-p", "canonicalize"],
+         "called sys.exit(3)", lambda f: (f / "exits.py").write_text("import sys\nsys.exit(3)\n")),
+    Case("a plugin pass with a required option", lambda f: [f / M, "--load-pass", f"{f / 'needs.py'}:Needs", "-p", "needs"],
+         "options without a default (factor)", lambda f: (f / "needs.py").write_text(
+             "import dataclasses\nfrom kirin_compiler import Pass\n\n@dataclasses.dataclass(frozen=True)\n"
+             "class Needs(Pass):\n    name = 'needs'\n    factor: float\n")),
     # options the model cannot honour
     Case("quantize{group=48} on 64 channels", lambda f: [f / M, "-p", "canonicalize,quantize{group=48}",
                                                          "-o", f / "out.kirin"], "group=48 does not divide"),
@@ -216,3 +225,16 @@ def test_bad_input_is_one_error_line_and_loses_nothing(case, tmp_path, capsys):
     assert case.message in err, err
     assert _state(tmp_path) == before  # nothing lost, changed or left behind
     assert os.stat("/dev/null").st_rdev == null.st_rdev and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_ctrl_c_is_one_line_and_leaves_no_output(tmp_path, capsys, monkeypatch):
+    from kirin_compiler.cli import compile as compile_command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(compile_command, "compile_model", interrupted)
+    _inputs(tmp_path)
+    before = _state(tmp_path)
+    status = main([str(tmp_path / M), "-p", "canonicalize", "-o", str(tmp_path / "out.kirin")])
+    assert status == 130 and capsys.readouterr().err == "kirinc: interrupted\n"
+    assert _state(tmp_path) == before

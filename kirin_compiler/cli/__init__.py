@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KirinError as error:
         print(f"kirinc: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so none is left half-done
+        print("kirinc: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader went away (kirinc ... | head): not an error of ours
         sys.stderr.close()
         return 0

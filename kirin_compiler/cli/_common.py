@@ -110,6 +110,8 @@ def load_tokenizer(folder: str | None) -> tokenizers.Tokenizer | None:
 def token_ids(path: pathlib.Path, tokenizer: tokenizers.Tokenizer | None) -> np.ndarray:
     """Token ids ``[batch, sequence]`` from a ``.npy`` file, or from a text file tokenized
     without special tokens."""
+    if path.is_dir():
+        raise KirinError(f"'{path}' is a folder; give a file of token ids (.npy) or text")
     if not path.is_file():
         raise KirinError(f"input file '{path}' does not exist")
     files.read(path, "the token ids" if path.suffix == ".npy" else "the text")

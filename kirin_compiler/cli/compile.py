@@ -61,7 +61,8 @@ examples:
 The default pipeline:
   {_wrapped(DEFAULT_PIPELINE)}
 Its outlier-detect and energy-annotate passes run the model on the --calib inputs. Exit status:
-0 on success, 2 on bad input or options, 1 when a pass fails or verify finds a mismatch.
+0 on success, 2 on bad input or options, 1 when a pass fails or verify finds a mismatch,
+130 when interrupted.
 """
 
 
