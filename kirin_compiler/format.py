@@ -247,13 +247,18 @@ def save_model(
     external = total_bytes > external_data_threshold
     data = path.with_name(f"{path.name}.data")
     check_not_weights_in_use(model, [path, data] if external else [path])
-    if external:
-        files.check_output(data)
     try:
-        with atomic_path(path) as temporary:
-            if external:
-                ir.save(model, temporary, external_data=data.name)
-            else:
+        if external:
+            files.check_output(data)
+            # the model and its data are written in a folder of their own beside the output (the
+            # model records the data file's final name), then moved into place, the data first
+            with atomic_path(path) as temporary, atomic_path(data) as temporary_data:
+                with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=temporary.parent) as folder:
+                    ir.save(model, pathlib.Path(folder) / path.name, external_data=data.name)
+                    os.replace(pathlib.Path(folder) / data.name, temporary_data)
+                    os.replace(pathlib.Path(folder) / path.name, temporary)
+        else:
+            with atomic_path(path) as temporary:
                 _embed_external_data(model)
                 ir.save(model, temporary)
     except OSError as error:

@@ -135,3 +135,27 @@ def test_a_symlinked_model_reads_the_weights_it_was_checked_with(tmp_path):
     through_link, direct = load_model(elsewhere / "m.onnx"), load_model(real / "m.onnx")
     for name, value in direct.graph.initializers.items():
         assert np.array_equal(through_link.graph.initializers[name].const_value.numpy(), value.const_value.numpy())
+
+
+def test_a_failed_save_leaves_the_earlier_output_and_its_data_file_as_they_were(tmp_path, monkeypatch):
+    """A model with a side file is written in full beside the output, then moved into place:
+    a full disk halfway leaves the earlier pair untouched and no temporary behind."""
+    import onnx_ir as ir
+
+    model = compiled_tiny_llama()
+    out = tmp_path / "out.kirin"
+    assert save_model(model, out, external_data_threshold=0) == [out, tmp_path / "out.kirin.data"]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    original = ir.save
+
+    def full_disk(*args, **kwargs):
+        original(*args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ir, "save", full_disk)
+    for value in model.graph.initializers.values():  # another model: other bytes in the side file
+        if value.const_value is not None and value.const_value.dtype == ir.DataType.FLOAT:
+            value.const_value = ir.tensor(value.const_value.numpy() + 1, name=value.name)
+    with pytest.raises(KirinError, match="No space left on device"):
+        save_model(model, out, external_data_threshold=0)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
