@@ -238,3 +238,19 @@ def test_ctrl_c_is_one_line_and_leaves_no_output(tmp_path, capsys, monkeypatch):
     status = main([str(tmp_path / M), "-p", "canonicalize", "-o", str(tmp_path / "out.kirin")])
     assert status == 130 and capsys.readouterr().err == "kirinc: interrupted\n"
     assert _state(tmp_path) == before
+
+
+def test_the_recorded_calibration_is_what_ran(tmp_path, capsys):
+    """16 ids asked to make 8 windows of 512 make one window of 16: that is what is recorded,
+    and verify finds those windows again from the record."""
+    import onnx_ir as ir
+
+    _inputs(tmp_path)
+    out = tmp_path / "model.kirin"
+    assert main([str(tmp_path / M), "-o", str(out), "--calib", str(tmp_path / "ids.npy"), "--no-calib-cache",
+                 "--calib-length", "512", "--calib-windows", "8"]) == 0
+    record = json.loads(ir.load(out).metadata_props["kirin.calibration"])
+    assert json.loads(record["source"])["length"] == 16 and json.loads(record["source"])["windows"] == 1
+    assert record["runs"] == 1 and record["tokens"] == 16
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 0

@@ -48,7 +48,9 @@ def calibration_feeds(args: argparse.Namespace, model: ir.Model) -> tuple[list, 
     require_at_least(args, 1, "calib_length", "calib_windows")
     ids = token_ids(pathlib.Path(args.calib), load_tokenizer(args.tokenizer))
     windows = calibration.windows(ids, args.calib_length, args.calib_windows)
-    source = {"file": str(args.calib), "length": args.calib_length, "windows": args.calib_windows}
+    # what ran: the longest window and how many (the same windows come out of them again)
+    length = max(w.shape[-1] for w in windows)
+    source = {"file": str(args.calib), "length": length, "windows": len(windows)}
     if args.tokenizer:
         source["tokenizer"] = str(args.tokenizer)
     return [{name: w} for w in windows], json.dumps(source, sort_keys=True)
