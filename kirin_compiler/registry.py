@@ -201,19 +201,21 @@ def _import(module_name: str, spec: str):
         # One module per file, however often it is named: loading it twice gives the same classes.
         resolved = str(path.resolve())
         unique = f"kirin_user_pass_{hashlib.sha1(resolved.encode()).hexdigest()[:12]}"
+        files.read(path, "the pass plugin")
         if unique in sys.modules:
             return sys.modules[unique]
-        files.read(path, "the pass plugin")
         module_spec = importlib.util.spec_from_file_location(unique, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[unique] = module
         try:
             module_spec.loader.exec_module(module)
         except SystemExit as error:  # a plugin may not end the run
+            del sys.modules[unique]
             raise KirinError(
                 f"--load-pass '{spec}': importing '{path}' called sys.exit({error.code})"
             ) from None
         except Exception as error:
+            del sys.modules[unique]  # a half-imported module is not loaded again by the next run
             raise KirinError(f"--load-pass '{spec}': importing '{path}' failed: {error}") from error
         return module
     try:

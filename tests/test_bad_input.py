@@ -254,3 +254,14 @@ def test_the_recorded_calibration_is_what_ran(tmp_path, capsys):
     assert record["runs"] == 1 and record["tokens"] == 16
     capsys.readouterr()
     assert main(["verify", str(out)]) == 0
+
+
+def test_a_plugin_loaded_by_an_earlier_run_is_still_protected(tmp_path, capsys):
+    _inputs(tmp_path)
+    load = ["--load-pass", f"{tmp_path / 'plugin.py'}:Nothing", "-p", "nothing"]
+    assert main([str(tmp_path / M), *load]) == 0  # the module is imported once per process
+    before = _state(tmp_path)
+    capsys.readouterr()
+    assert main([str(tmp_path / M), *load, "-o", str(tmp_path / "plugin.py")]) == 2
+    assert "the pass plugin" in capsys.readouterr().err
+    assert _state(tmp_path) == before
