@@ -24,7 +24,6 @@ it, where ``+ 1`` may round, every code saturates anyway), so ``R(r) >= j`` hold
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -113,10 +112,6 @@ class Outliers(NamedTuple):
     rest: torch.Tensor | None  # the largest magnitude left out (size 1 along the axis)
     largest: torch.Tensor | None  # the largest magnitude (size 1 along the axis)
     axis: int
-
-    def mask(self, shape: Sequence[int]) -> torch.Tensor:
-        """The chosen values as a boolean mask of the activation's ``shape``."""
-        return torch.zeros(shape, dtype=torch.bool).scatter_(self.axis, self.index, self.chosen)
 
 
 def token_outliers(magnitude: torch.Tensor, axis: int, count: int) -> Outliers:
@@ -289,9 +284,13 @@ def split_activation(
         if largest is None:
             largest = magnitude.masked_fill(~mask, 0.0).amax(dim=axis, keepdim=True)
         outlier_scale = guard(largest.clamp(min=0) / OUTLIER_TOP)
-    at = functools.partial(torch.gather, dim=outliers.axis, index=outliers.index)
-    outlier_ratio = at(x) / at(outlier_scale.expand(x.shape))
+    outlier_ratio = _at(x, outliers) / _at(outlier_scale.expand(x.shape), outliers)
     return Split(ratio, outliers, outlier_ratio, gains, spike_scale, outlier_scale)
+
+
+def _at(values: torch.Tensor, outliers: Outliers) -> torch.Tensor:
+    """``values`` (of the activation's shape) at the outliers' positions."""
+    return values.gather(outliers.axis, outliers.index)
 
 
 def _rest(magnitude: torch.Tensor, outliers: Outliers | None, mask: torch.Tensor | None) -> torch.Tensor:
@@ -342,9 +341,9 @@ def dequantize_activation(split: Split, spec: ActivationSpec) -> torch.Tensor:
     value = with_gains(codes, split.gains).mul_(split.spike_scale)
     if outlier_codes is None:
         return value
-    o = outlier_codes
-    scale = split.outlier_scale.expand(value.shape).gather(o.axis, o.index)
-    return value.scatter_(o.axis, o.index, o.values * scale)  # the spike values there are 0
+    scale = _at(split.outlier_scale.expand(value.shape), split.outliers)
+    o = split.outliers
+    return value.scatter_(o.axis, o.index, outlier_codes.values * scale)  # the spike values there are 0
 
 
 # Integer products and rescaling ----------------------------------------------------------------
@@ -398,14 +397,9 @@ def exact_chunks(codes: torch.Tensor, norms: WeightNorms) -> int | None:
 
 def _fits_float32(row_norm: torch.Tensor, column_energy: torch.Tensor) -> bool:
     """Whether every partial sum a row of norm ``row_norm`` makes with a column of squared
-    norm ``column_energy`` stays exact in float32 (a margin for the float32 norms)."""
-    return _fits(row_norm, column_energy, EXACT_FLOAT32)
-
-
-def _fits(row_norm: torch.Tensor, column_energy: torch.Tensor, limit: int) -> bool:
-    """Whether a row of norm ``row_norm`` times a column of squared norm ``column_energy``
-    stays below ``limit`` (Cauchy-Schwarz, with a margin for the float32 norms)."""
-    return float((row_norm.square() * column_energy).max()) * 1.002 < float(limit) ** 2
+    norm ``column_energy`` stays exact in float32 (Cauchy-Schwarz, with a margin for the
+    float32 norms)."""
+    return float((row_norm.square() * column_energy).max()) * 1.002 < float(EXACT_FLOAT32) ** 2
 
 
 def _entries_fit_float32(values: torch.Tensor, norms: WeightNorms) -> bool:
@@ -447,7 +441,7 @@ def integer_matmul(
 ) -> torch.Tensor:
     """``codes @ weights`` of integers, exactly (float products of integers are exact while
     every partial sum is, in any order): float32 products of the parts `exact_chunks` finds,
-    added in int32 (in float64 when the bound of the whole product passes 2^31), or one float64
+    added in int32 (in float64 past 128 parts, whose sum could pass 2^31), or one float64
     product.
 
     ``weights`` is a linear product's synapses (`synapses`) or an attention product's right
@@ -455,7 +449,7 @@ def integer_matmul(
     row: `SparseCodes`, or a tensor with ``sparse`` set) multiply only their non-zero entries:
     a linear product as a sparse product (CSR), an attention product by gathering the rows of
     its operand that the entries select. The same integers, for less work."""
-    norms = norms or WeightNorms(weights)
+    norms = WeightNorms(weights) if norms is None else norms
     if isinstance(codes, SparseCodes):
         if codes.axis in (-1, len(codes.shape) - 1):
             return _entries_matmul(codes, weights, norms)
@@ -472,11 +466,9 @@ def integer_matmul(
             return torch.sparse.mm(rows, weights).view(*codes.shape[:-1], weights.shape[-1])
     if parts == 1:
         return codes @ weights
-    # every part is exact; their sum is held exactly in int32 while the bound of the whole
-    # product stays below 2^31, in float64 past it
-    rows = codes.reshape(-1, depth)
-    whole = _fits(torch.linalg.vector_norm(rows, dim=-1).amax(), norms.column_energy(1), EXACT_INT32)
-    kind = torch.int32 if whole else torch.float64
+    # every part's sum is an integer below 2^24, so up to 128 parts add up below 2^31: int32
+    # holds their sum exactly; more parts are added in float64
+    kind = torch.int32 if parts * (EXACT_FLOAT32 - 1) <= EXACT_INT32 else torch.float64
     size = depth // parts
     total = (codes[..., :size] @ weights[..., :size, :]).to(kind)
     for start in range(size, depth, size):

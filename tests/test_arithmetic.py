@@ -190,12 +190,17 @@ def test_weight_codes_scales_and_block_integers(n, group, asymmetric, seed):
     assert (np.abs(synapses * codes.scale - w) <= top / 7 + 1e-6).all()  # within a step of the column
 
 
+def _mask(outliers: ka.Outliers, shape) -> torch.Tensor:
+    """The chosen outliers as a boolean mask of the activation's ``shape``."""
+    return torch.zeros(shape, dtype=torch.bool).scatter_(outliers.axis, outliers.index, outliers.chosen)
+
+
 @SETTINGS
 @given(arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 16)),
               elements=st.sampled_from([0.0, 1.0, -1.0, 2.5, -2.5, 7.0])), st.integers(0, 16))
 def test_token_outliers_are_the_largest_non_zero_values_with_ties_to_the_lower_index(x, count):
     outliers = ka.token_outliers(torch.from_numpy(np.abs(x)), -1, count)
-    mask = outliers.mask(x.shape)
+    mask = _mask(outliers, x.shape)
     assert outliers.index.shape[-1] == min(count, x.shape[-1])  # one entry per place, distinct
     assert all(len(set(row)) == len(row) for row in outliers.index.tolist())
     assert not torch.from_numpy(np.abs(x)).gather(-1, outliers.index)[~outliers.chosen].any()  # zeros
@@ -240,11 +245,11 @@ def test_outlier_codes_as_entries_are_the_masked_codes(x, count, signed, outlier
     split = ka.split_activation(x, spec, static_mask=static)
     codes, outlier_codes = ka.activation_codes(split, spec)
     lo, hi = ka.code_range(4, signed)
-    mask = split.outliers.mask(x.shape)
+    mask = _mask(split.outliers, x.shape)
     if outliers == "static":
         assert torch.equal(mask, static.expand(x.shape))
     else:
-        assert torch.equal(mask, ka.token_outliers(x if lo == 0 else x.abs(), -1, count).mask(x.shape))
+        assert torch.equal(mask, _mask(ka.token_outliers(x if lo == 0 else x.abs(), -1, count), x.shape))
     expected = torch.where(mask, ka.round_codes(x / split.outlier_scale, lo), 0.0).clamp(-127 if lo else 0, 127)
     assert torch.equal(outlier_codes.dense(), expected)
     assert torch.equal(codes, ka.round_codes(x / split.spike_scale, lo).clamp(lo, hi).masked_fill(mask, 0.0))
@@ -288,7 +293,7 @@ def test_block_gains_are_the_smallest_that_hold_each_block(x, clip, outliers):
     assert codes.abs().max() <= 7 and block_gains.min() >= 1 and block_gains.max() <= 15
     gains = block_gains.repeat_interleave(4, dim=-1)
     assert torch.equal(ka.with_gains(torch.ones_like(x), split.gains), gains)
-    mask = None if split.outliers is None else split.outliers.mask(x.shape)
+    mask = None if split.outliers is None else _mask(split.outliers, x.shape)
     rest = x.abs() if mask is None else x.abs().masked_fill(mask, 0)
     blocks = rest.unflatten(-1, (-1, 4)).amax(-1) * clip
     step = split.spike_scale * ka.code_range(4, True)[1]
