@@ -40,9 +40,8 @@ import torch.fx
 from kirin_compiler import roles
 from kirin_compiler.backends.torch_kirin import Probe
 from kirin_compiler.kirin_ops import SPIKING_SOURCES, is_kirin
+from kirin_compiler.metadata import KEY_OPS, KEY_TIMESTEPS
 
-KEY_TIMESTEPS = "kirin.timesteps"
-KEY_OPS = "kirin.ops"
 
 # Float operations per output element of the non-spiking ops (reductions are charged per input
 # element, see `_FloatOpCounter`); ops absent here move data and cost nothing.

@@ -32,9 +32,9 @@ from kirin_compiler import arithmetic
 from kirin_compiler.backends.torch_kirin import Probe
 from kirin_compiler.errors import KirinError
 from kirin_compiler.kirin_ops import ACT_QUANT, is_kirin
+from kirin_compiler.metadata import KEY_CALIBRATION
 
 _META_KEY = "kirin.calibration"
-KEY_CALIBRATION = "kirin.calibration"  # the provenance in a .kirin file's metadata
 _CACHE_VERSION = 2
 DEFAULT_CACHE = Path("~/.cache/kirin_compiler/calibration")
 
@@ -134,9 +134,12 @@ def statistics(model: ir.Model, searches: Mapping[str, Search] | None = None) ->
     calibration = attached(model)
     searches = dict(searches or {})
     cache = Path(calibration.cache_dir).expanduser() if calibration.cache_dir else None
-    path = cache / f"{_cache_key(model, calibration, searches)}.npz" if cache else None
+    key = _cache_key(model, calibration, searches)
+    path = cache / f"{key}.npz" if cache else None
     if path is not None and path.is_file():
-        return _load(path)
+        stats = _load(path, key, model, searches)
+        if stats is not None:
+            return stats  # else the entry is damaged: calibrate again, and replace it
     from kirin_compiler.backends import torch_backend  # the backend imports this package
 
     probe = _StatsProbe(searches)
@@ -151,12 +154,12 @@ def statistics(model: ir.Model, searches: Mapping[str, Search] | None = None) ->
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             shapes = ", ".join(f"{name} {list(np.shape(v))}" for name, v in feed.items())
             raise KirinError(
-                f"calibration run {index} ({shapes}) failed: {reason}; check the calibration "
-                "inputs against the model (token ids within its vocabulary)"
+                f"calibration run {index} ({shapes}) failed: {reason}; the model does not run "
+                "on its inputs (check its shapes, or the inputs it takes)"
             ) from error
     stats = probe.result()
     if path is not None:
-        _save(path, stats)
+        _save(path, key, stats)
     return stats
 
 
@@ -228,23 +231,65 @@ def _cache_key(model: ir.Model, calibration: Calibration, searches: dict[str, Se
     return h.hexdigest()[:32]
 
 
-def _save(path: Path, stats: dict[str, ChannelStats]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save(path: Path, key: str, stats: dict[str, ChannelStats]) -> None:
+    """Writes a cache entry with its checksum; a cache that cannot be written (a full disk, no
+    permission) is left as it was: the statistics are used all the same."""
     arrays = {}
     for node, s in stats.items():
         arrays[f"{node}|amax"] = s.amax
         arrays[f"{node}|mean_square"] = s.mean_square
         if s.errors is not None:
             arrays[f"{node}|errors"] = s.errors
+    arrays[_CHECKSUM] = np.frombuffer(_checksum(key, arrays), dtype=np.uint8)
     partial = path.with_suffix(".partial.npz")
-    np.savez(partial, **arrays)
-    partial.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(partial, **arrays)
+        partial.replace(path)
+    except OSError:
+        partial.unlink(missing_ok=True)
 
 
-def _load(path: Path) -> dict[str, ChannelStats]:
-    with np.load(path) as data:
-        nodes = sorted({key.split("|")[0] for key in data.files})
-        return {
-            n: ChannelStats(data[f"{n}|amax"], data[f"{n}|mean_square"], data.get(f"{n}|errors"))
-            for n in nodes
-        }
+def _load(path: Path, key: str, model: ir.Model, searches: Mapping[str, Search]) -> dict[str, ChannelStats] | None:
+    """A cache entry's statistics, or None when it is not one this key wrote: unreadable (or
+    pickled: never unpickled), another key's, altered after writing (its checksum), or not
+    shaped as the model's quantizers need."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except Exception:  # zip, npy and I/O errors alike: a damaged entry
+        return None
+    checksum = arrays.pop(_CHECKSUM, None)
+    if checksum is None or checksum.tobytes() != _checksum(key, arrays):
+        return None
+    nodes = sorted({name.split("|")[0] for name in arrays})
+    quantizers = {n.name: n for n in model.graph if is_kirin(n, ACT_QUANT)}
+    if not set(searches) <= set(nodes) <= set(quantizers):
+        return None
+    stats = {}
+    for node in nodes:
+        amax, mean_square = arrays.get(f"{node}|amax"), arrays.get(f"{node}|mean_square")
+        errors = arrays.get(f"{node}|errors")
+        rank = quantizers[node].inputs[0].shape.rank() if quantizers[node].inputs[0].shape else None
+        if amax is None or mean_square is None or amax.shape != mean_square.shape or (
+            rank is not None and amax.ndim != rank
+        ):
+            return None
+        if (errors is None) != (node not in searches) or (
+            errors is not None and errors.shape != (len(searches[node].clips),)
+        ):
+            return None
+        stats[node] = ChannelStats(amax, mean_square, errors)
+    return stats
+
+
+_CHECKSUM = "__checksum__"
+
+
+def _checksum(key: str, arrays: Mapping[str, np.ndarray]) -> bytes:
+    h = hashlib.sha256(key.encode())
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        h.update(array.tobytes())
+    return h.digest()

@@ -12,7 +12,8 @@ A ``.kirin`` file is an ONNX model (it opens in Netron, and its standard parts p
 ``kirin.compiler``         ``kirin_compiler <version>``
 =========================  ===============================================================
 
-Loading never executes code: ONNX is a protobuf, and external data is read as raw bytes from
+Loading checks what the file may contain of kirin_compiler's own (`validate`) and never
+executes code: ONNX is a protobuf, and external data is read as raw bytes from
 files inside the model's own folder only. Writing is atomic: the file appears complete or not
 at all.
 """
@@ -25,7 +26,7 @@ import json
 import os
 import pathlib
 import tempfile
-from typing import Iterator
+from typing import Callable, Iterator
 
 import google.protobuf.message
 import numpy as np
@@ -35,15 +36,13 @@ import onnx_ir as ir
 from kirin_compiler import files
 from kirin_compiler.errors import KirinError
 from kirin_compiler.kirin_ops import KIRIN_DOMAIN, KIRIN_OPSET_VERSION
+from kirin_compiler.metadata import KEY_COMPILER, KEY_FORMAT_VERSION, KEY_PIPELINE, KEY_SOURCE
+from kirin_compiler.validate import validate_kirin
 from kirin_compiler.verify import VerificationError, verify_model
 
 FORMAT_VERSION = 1
 SUPPORTED_OPSETS = range(17, 24)
 
-KEY_FORMAT_VERSION = "kirin.format_version"
-KEY_PIPELINE = "kirin.pipeline"
-KEY_SOURCE = "kirin.source"
-KEY_COMPILER = "kirin.compiler"
 
 # Weights above this size go to a side file (``model.kirin.data``), written tensor by tensor:
 # serializing them into the protobuf would hold them in memory two or three times over (and
@@ -61,9 +60,14 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     try:  # from the file a link points to: its external data lies beside it, where it is checked
         model = ir.load(path.resolve())
     except (google.protobuf.message.DecodeError, RuntimeError, ValueError, OSError) as error:
+        while error.__cause__ is not None:  # onnx_ir wraps the reason ("Error calling ...")
+            error = error.__cause__
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, ValueError):  # it parsed, but does not hold together
+            raise KirinError(f"'{path}' is a malformed ONNX model: {reason}") from None
         raise KirinError(
             f"'{path}' is not a readable ONNX model (it may be truncated or another kind of "
-            f"file): {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+            f"file): {reason}"
         ) from None
     if model.ir_version == 0 or (not model.graph.inputs and not model.graph.outputs):
         raise KirinError(
@@ -86,6 +90,10 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         verify_model(model)
     except VerificationError as error:
         raise KirinError(f"'{path}' is a malformed ONNX model: {error}") from None
+    except KirinError as error:
+        raise KirinError(f"'{path}': {error}") from None
+    try:
+        validate_kirin(model)
     except KirinError as error:
         raise KirinError(f"'{path}': {error}") from None
     files.read(path, "the input model")
@@ -111,27 +119,48 @@ def _check_opset(model: ir.Model, path: pathlib.Path) -> None:
         )
 
 
+def _tensors(model: ir.Model) -> Iterator[tuple[str, ir.TensorProtocol, Callable]]:
+    """Every constant tensor of the model, where it is kept, and how to replace it: the
+    initializers of the graph and of its subgraphs (an ``If``'s branches), and the tensor
+    attributes of nodes (a ``Constant``'s value), in functions too."""
+    graphs = [model.graph, *model.functions.values()]
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                graphs.append(attr.as_graph())
+            elif attr.type == ir.AttributeType.GRAPHS:
+                graphs.extend(attr.as_graphs())
+    for graph in graphs:
+        for name, value in getattr(graph, "initializers", {}).items():
+            if value.const_value is not None:
+                yield f"initializer '{name}'", value.const_value, lambda t, v=value: setattr(v, "const_value", t)
+        for node in graph:  # its own nodes: those of its subgraphs come with them
+            for key, attr in node.attributes.items():
+                if attr.type == ir.AttributeType.TENSOR:
+                    yield (f"attribute '{key}' of node '{node.name}'", attr.value,
+                           lambda t, n=node, k=key: n.attributes.__setitem__(k, ir.AttrTensor(k, t)))
+
+
 def _check_external_data(model: ir.Model, path: pathlib.Path) -> None:
     folder = path.resolve().parent
-    for name, value in model.graph.initializers.items():
-        tensor = value.const_value
+    for where, tensor, _ in _tensors(model):
         if not isinstance(tensor, ir.ExternalTensor):
             continue
         data_file = (folder / tensor.location).resolve()
         if not data_file.is_relative_to(folder):
             raise KirinError(
-                f"initializer '{name}' of '{path}' stores its data at '{tensor.location}', "
+                f"{where} of '{path}' stores its data at '{tensor.location}', "
                 "outside the model's folder; keep external data beside the model"
             )
         if not data_file.is_file():
             raise KirinError(
-                f"external data file '{tensor.location}' of initializer '{name}' is missing; "
+                f"external data file '{tensor.location}' of {where} is missing; "
                 f"put it in '{folder}'"
             )
         end = (tensor.offset or 0) + (tensor.length or tensor.nbytes)
         if data_file.stat().st_size < end:
             raise KirinError(
-                f"external data file '{tensor.location}' is too short for initializer '{name}' "
+                f"external data file '{tensor.location}' is too short for {where} "
                 f"(needs {end} bytes); it may be truncated"
             )
 
@@ -247,31 +276,29 @@ def save_model(
     external = total_bytes > external_data_threshold
     data = path.with_name(f"{path.name}.data")
     check_not_weights_in_use(model, [path, data] if external else [path])
-    try:
-        if external:
-            files.check_output(data)
-            # the model and its data are written in a folder of their own beside the output (the
-            # model records the data file's final name), then moved into place, the data first
-            with atomic_path(path) as temporary, atomic_path(data) as temporary_data:
-                with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=temporary.parent) as folder:
-                    ir.save(model, pathlib.Path(folder) / path.name, external_data=data.name)
-                    os.replace(pathlib.Path(folder) / data.name, temporary_data)
-                    os.replace(pathlib.Path(folder) / path.name, temporary)
-        else:
-            with atomic_path(path) as temporary:
-                _embed_external_data(model)
-                ir.save(model, temporary)
-    except OSError as error:
-        raise KirinError(f"cannot write '{path}': {error.strerror or error}") from error
+    if external:
+        files.check_output(data)
+        _embed_external_data(model, attributes_only=True)
+        # the model and its data are written in a folder of their own beside the output (the
+        # model records the data file's final name), then moved into place, the data first
+        with atomic_path(path) as temporary, atomic_path(data) as temporary_data:
+            with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=temporary.parent) as folder:
+                ir.save(model, pathlib.Path(folder) / path.name, external_data=data.name)
+                os.replace(pathlib.Path(folder) / data.name, temporary_data)
+                os.replace(pathlib.Path(folder) / path.name, temporary)
+    else:
+        _embed_external_data(model)  # reading: its errors are not the output's
+        with atomic_path(path) as temporary:
+            ir.save(model, temporary)
     return [path, data] if external else [path]
 
 
 def external_data_files(model: ir.Model) -> list[pathlib.Path]:
     """The files the model's weights are read from, besides the model file itself."""
     paths = {
-        pathlib.Path(v.const_value.path).resolve()
-        for v in model.graph.initializers.values()
-        if isinstance(v.const_value, ir.ExternalTensor)
+        pathlib.Path(tensor.path).resolve()
+        for _, tensor, _ in _tensors(model)
+        if isinstance(tensor, ir.ExternalTensor)
     }
     return sorted(paths)
 
@@ -288,27 +315,41 @@ def check_not_weights_in_use(model: ir.Model, targets: list[pathlib.Path]) -> No
             )
 
 
-def _embed_external_data(model: ir.Model) -> None:
-    """Reads weights stored beside the input into memory, so that the output stands alone."""
-    for value in model.graph.initializers.values():
-        if isinstance(value.const_value, ir.ExternalTensor):
-            value.const_value = ir.tensor(value.const_value.numpy(), name=value.name)
+def _embed_external_data(model: ir.Model, attributes_only: bool = False) -> None:
+    """Reads weights stored beside the input into memory, so that the output stands alone
+    (``attributes_only``: the tensors in attributes and subgraphs, which a side file does not
+    take)."""
+    for where, tensor, replace in list(_tensors(model)):
+        if isinstance(tensor, ir.ExternalTensor):
+            if attributes_only and tensor.name in model.graph.initializers:
+                continue
+            try:
+                replace(ir.tensor(tensor.numpy(), name=tensor.name))
+            except OSError as error:  # removed or cut short since it was loaded
+                raise KirinError(f"cannot read the data of {where} from '{tensor.path}': "
+                                 f"{error.strerror or error}") from None
 
 
 @contextlib.contextmanager
 def atomic_path(path: pathlib.Path) -> Iterator[pathlib.Path]:
-    """A temporary path beside ``path`` that replaces it when the block succeeds."""
+    """A temporary path beside ``path`` that replaces it when the block succeeds. An OSError
+    while writing (a full disk, a file past the size limit) becomes one error line; the
+    temporary file is removed and ``path`` stays as it was."""
     folder = path.parent if str(path.parent) else pathlib.Path(".")
     check_writable(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-    os.close(descriptor)
-    temporary_path = pathlib.Path(temporary)
+    temporary_path = None
     try:
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+        os.close(descriptor)
+        temporary_path = pathlib.Path(temporary)
         yield temporary_path
         os.chmod(temporary_path, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary only
         os.replace(temporary_path, path)
+    except OSError as error:
+        raise KirinError(f"cannot write '{path}': {error.strerror or error}") from None
     finally:
-        temporary_path.unlink(missing_ok=True)
+        if temporary_path is not None:
+            temporary_path.unlink(missing_ok=True)
 
 
 def _umask() -> int:

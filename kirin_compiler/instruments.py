@@ -117,10 +117,15 @@ class DumpDir:
         text = self.folder / f"{stem}.txt"
         with atomic_path(text) as temporary:
             temporary.write_text(format_model(model))
+        self._written(text)  # listed at once: a run that fails next leaves no file unlisted
         written = [text, *save_model(model, self.folder / f"{stem}.onnx")]
-        for path in written:
-            self._manifest["sha256"][path.name] = _sha256(path)
+        for path in written[1:]:
+            self._written(path)
         return [path.name for path in written]
+
+    def _written(self, path: pathlib.Path) -> None:
+        self._manifest["sha256"][path.name] = _sha256(path)
+        self._write_manifest()
 
     def _write_manifest(self) -> None:
         with atomic_path(self.folder / MANIFEST) as temporary:
@@ -137,6 +142,8 @@ class DumpDir:
             entries = [previous.get("input", {})] + list(previous.get("passes", []))
             digests = dict(previous.get("sha256", {}))
             listed = [pathlib.Path(f).name for entry in entries for f in entry.get("files", [])]
+            # and the files a failed run wrote before it could list them in an entry
+            listed += sorted({pathlib.Path(f).name for f in digests} - set(listed))
         except (ValueError, TypeError, AttributeError):
             raise KirinError(
                 f"--dump-dir '{self.folder}': its {MANIFEST} is malformed; choose another folder"

@@ -130,7 +130,7 @@ class PassRegistry:
             if key not in types:
                 known = ", ".join(f"{k}: {type_name(t)}" for k, t in types.items()) or "none"
                 raise KirinError(f"pass '{name}' has no option '{key}' (options: {known})")
-            options[key] = _parse_value(name, key, raw, types[key])
+            options[key] = parse_option(name, key, raw, types[key])
         return pass_class(**options)
 
 
@@ -161,7 +161,8 @@ def split_pipeline(text: str) -> list[tuple[str, dict[str, str]]]:
     return items
 
 
-def _parse_value(pass_name: str, key: str, raw: str, option_type: object) -> object:
+def parse_option(pass_name: str, key: str, raw: str, option_type: object) -> object:
+    """The value of option ``key`` of ``pass_name`` written ``raw``, of ``option_type``."""
     where = f"option '{key}' of pass '{pass_name}'"
     if typing.get_origin(option_type) is typing.Literal:
         choices = typing.get_args(option_type)

@@ -35,9 +35,9 @@ from typing import Iterable
 
 import onnx_ir as ir
 
-ROLE = "kirin.role"
-LAYER = "kirin.layer"
-SCOPE = "kirin.scope"
+from kirin_compiler.metadata import KEY_LAYER, KEY_ROLE, KEY_SCOPE
+
+ROLE, LAYER, SCOPE = KEY_ROLE, KEY_LAYER, KEY_SCOPE
 
 ATTENTION_QK = "attn-qk"
 ATTENTION_PV = "attn-pv"

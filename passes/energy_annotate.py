@@ -24,9 +24,8 @@ import onnx_ir as ir
 
 from kirin_compiler import accounting, calibration
 from kirin_compiler.errors import KirinError
+from kirin_compiler.metadata import KEY_WORKLOAD
 from kirin_compiler.pass_manager import Pass
-
-KEY_WORKLOAD = "kirin.workload"
 
 
 @dataclasses.dataclass(frozen=True)

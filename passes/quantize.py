@@ -101,6 +101,14 @@ class QuantizePass(Pass):
 
     def _linear(self, graph: ir.Graph, node: ir.Node, quantizers: dict, names: rewrite.Names) -> None:
         x, weight = node.inputs
+        shape = list(weight.const_value.shape)
+        channels = x.shape[-1] if x.shape is not None and len(x.shape) else None
+        if len(shape) != 2 or 0 in shape or (isinstance(channels, int) and channels != shape[0]):
+            raise KirinError(
+                f"node '{node.name}': weight '{weight.name}' has the shape {shape}, for an input of "
+                f"shape [{', '.join(map(str, x.shape or []))}]; a linear product's weight is [K, N], "
+                "K the input's channels"
+            )
         array = weight.const_value.numpy()
         depth = array.shape[0]
         group = _blocks(self.group, depth, "group", node)

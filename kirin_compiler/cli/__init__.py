@@ -9,9 +9,12 @@ with status 2; no output file is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
+import logging
 import sys
+import warnings
 from typing import Sequence
 
 from kirin_compiler import files
@@ -33,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv[0] if argv and argv[0] in COMMANDS else None
     module = importlib.import_module(f"kirin_compiler.cli.{COMMANDS[command or 'compile']}")
     try:
-        with files.session():  # what the command reads, protected from what it writes
+        with files.session(), _libraries_quiet():  # what the command reads, protected from what it writes
             return module.main(argv[1:] if command else argv)
     except PassFailedError as error:
         print(f"kirinc: error: {error}", file=sys.stderr)
@@ -47,6 +50,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (kirinc ... | head): not an error of ours
         sys.stderr.close()
         return 0
+
+
+@contextlib.contextmanager
+def _libraries_quiet():
+    """Keeps the libraries' log records and warnings (onnx_ir's "The model is invalid but we
+    will still ...", torch's beta notices) off the terminal: kirinc reports what went wrong
+    itself, in one line."""
+    logger = logging.getLogger("onnx_ir")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _return_freed_memory() -> None:

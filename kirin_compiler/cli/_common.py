@@ -47,6 +47,7 @@ def calibration_feeds(args: argparse.Namespace, model: ir.Model) -> tuple[list, 
     name = single_input(model, "--calib")
     require_at_least(args, 1, "calib_length", "calib_windows")
     ids = token_ids(pathlib.Path(args.calib), load_tokenizer(args.tokenizer))
+    check_vocabulary(model, ids, args.calib)
     windows = calibration.windows(ids, args.calib_length, args.calib_windows)
     # what ran: the longest window and how many (the same windows come out of them again)
     length = max(w.shape[-1] for w in windows)
@@ -84,6 +85,24 @@ def single_input(model: ir.Model, what: str) -> str:
         raise KirinError(f"{what} feeds token ids to a model with one input; this model has "
                          f"{len(model.graph.inputs)} ({names})")
     return model.graph.inputs[0].name
+
+
+def check_vocabulary(model: ir.Model, ids: np.ndarray, source: str) -> None:
+    """Refuses token ids past the model's vocabulary (the rows of the embedding tables that
+    look its input up), naming the first one, before anything runs."""
+    tokens = model.graph.inputs[0]
+    rows = [
+        user.inputs[0].const_value.shape[0]
+        for user, index in tokens.uses()
+        if user.op_type == "Gather" and index == 1 and user.inputs[0].const_value is not None
+        and user.inputs[0].const_value.shape
+    ]
+    if rows and ids.max() >= min(rows):
+        place = [int(i) for i in np.argwhere(ids >= min(rows))[0]]
+        raise KirinError(
+            f"'{source}' holds the token id {ids[tuple(place)]} (at "
+            f"{place}), past the model's vocabulary of {min(rows)} tokens; use the model's tokenizer"
+        )
 
 
 def sizes(files: Sequence[pathlib.Path]) -> str:

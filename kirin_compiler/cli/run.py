@@ -27,6 +27,7 @@ def main(argv: Sequence[str]) -> int:
         check_writable(args.save)
     model = load_model(args.model)
     name = _common.single_input(model, "kirinc run")
+    _common.check_vocabulary(model, ids, args.input)
     module = torch_backend.lower(model, args.mode)
     with _common.failing_on(args.model, args.input, ids):
         outputs = torch_backend.run(module, model, {name: ids})
