@@ -1,11 +1,16 @@
-"""Rewrites the generated examples of docs/kirin_ops.md, docs/arithmetic.md and docs/backends.md
-from the current build (``tests/test_op_docs.py`` checks them): ``.venv/bin/python scripts/update_op_docs.py``.
+"""Rewrites the generated examples of docs/kirin_ops.md, docs/arithmetic.md, docs/backends.md,
+docs/writing_passes.md and docs/ir_format.md from the current build (``tests/test_op_docs.py``
+checks them): ``.venv/bin/python scripts/update_op_docs.py``. (docs/cli.md has its own script,
+``scripts/update_cli_doc.py``, and the README's demo output ``scripts/demo.py``.)
 
 A generated block is what lies between ``<!-- generated: NAME -->`` and ``<!-- end generated -->``:
 a fenced block that ``BLOCKS[NAME]`` makes; nothing else on the pages is touched. The models are
 those of the tests: ``mlp()`` of tests/kirin_models.py (calibrated on its two test inputs),
 models/tiny_llama.onnx (calibrated on models/tiny_llama_ids.npy), and, for the ablation of
 arithmetic.md section 8, the tiny OPT model of tests/conftest.py (dynamo export, opset 18).
+The IR dumps of ir_format.md are the printer's golden files (``tests/test_printer.py`` checks
+those against the printer), and the diff of writing_passes.md comes from running that page's
+own pass file and command.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import io
 import json
 import pathlib
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -35,7 +41,7 @@ from kirin_compiler.format import save_model  # noqa: E402
 from kirin_compiler.kirin_ops import KIRIN_DOMAIN, KIRIN_OPSET_VERSION  # noqa: E402
 from kirin_compiler.printer import format_model  # noqa: E402
 
-DOCS = [REPO / "docs" / "kirin_ops.md", REPO / "docs" / "arithmetic.md", REPO / "docs" / "backends.md"]
+DOCS = [REPO / "docs" / name for name in ("kirin_ops.md", "arithmetic.md", "backends.md", "writing_passes.md", "ir_format.md")]
 QUANTIZE = "canonicalize,quantize"
 OUTLIERS = QUANTIZE + ",outlier-detect"
 NEURONS = OUTLIERS + ",spike-matrix-hybridize,threshold-insert"
@@ -184,6 +190,31 @@ def compile_and_verify(out: str, pipeline: str | None, last: int = 0) -> str:
     return "\n".join([shown, *(["...", *verify[-last:]] if last else verify)])
 
 
+def golden(name: str) -> str:
+    return (REPO / "tests" / "golden" / name).read_text().rstrip("\n")
+
+
+def documented_pass_diff() -> str:
+    """The start of what ``--print-changed`` shows for the example pass of writing_passes.md:
+    the diff's header and its first hunk up to the first added line, run as the page says."""
+    text = (REPO / "docs" / "writing_passes.md").read_text()
+    plugin = re.search(r"```python\n(# examples/my_passes.py\n.*?)```", text, flags=re.S).group(1)
+    command = re.search(r"```console\n\$ kirinc (.*?)\n```", text).group(1)
+    output = io.StringIO()
+    with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder):
+        pathlib.Path("examples").mkdir()
+        pathlib.Path("examples/my_passes.py").write_text(plugin)
+        pathlib.Path("models").mkdir()
+        shutil.copy(conftest.TINY_LLAMA, "models/tiny_llama.onnx")
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(io.StringIO()):
+            assert main(shlex.split(command)) == 0
+        sys.modules.pop("my_passes", None)
+    lines = output.getvalue().splitlines()
+    start = lines.index("--- 01_canonicalize")
+    end = next(i for i in range(start + 3, len(lines)) if lines[i].startswith("+"))
+    return "\n".join(lines[start : end + 1])
+
+
 BLOCKS = {
     # docs/kirin_ops.md
     "opset-refusal": ("console", opset_refusal),
@@ -212,6 +243,11 @@ BLOCKS = {
     "operation-counts": ("text", operation_counts),
     "lowered-code": ("python", lambda: lowered_code("layers_0_q_in0 = ", "layers_0_q = ")),
     "spike-counter": ("text", spike_counter),
+    # docs/writing_passes.md
+    "drop-mul-by-one-diff": ("diff", documented_pass_diff),
+    # docs/ir_format.md
+    "ir-small": ("text", lambda: golden("printer_small.txt")),
+    "ir-control-flow": ("text", lambda: golden("printer_control_flow.txt")),
 }
 
 

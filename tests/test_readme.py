@@ -35,3 +35,28 @@ def test_readme_demo_output_is_what_make_demo_prints(tmp_path, monkeypatch):
     readme = (REPO / "README.md").read_text()
     shown = readme[readme.index(demo.BEGIN) + len(demo.BEGIN) : readme.index(demo.END)]
     assert mask(transcript) == mask(shown)
+
+
+def test_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    """Every ``kirinc`` line of "Using it", on the files the repository ships, in order (later
+    lines read what earlier ones wrote), from a folder laid out as a fresh clone is."""
+    import shlex
+
+    from kirin_compiler.cli import main
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Using it") :]
+    (block,) = re.findall(r"```console\n(.*?)```", section, flags=re.S)[:1]
+    for shipped in ("models", "examples"):
+        (tmp_path / shipped).symlink_to(REPO / shipped)
+    (tmp_path / "build").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the default calibration cache, in a fresh place
+    lines = [line.removeprefix("$ ") for line in block.splitlines() if line.startswith("$ ")]
+    assert len(lines) >= 10
+    for line in lines:
+        argv = shlex.split(line, comments=True)
+        assert argv[0] == ".venv/bin/kirinc", line
+        status = main(argv[1:])
+        assert status == 0, (line, capsys.readouterr().err)
+    assert (tmp_path / "build" / "dumps" / "manifest.json").is_file()

@@ -25,8 +25,13 @@ def _block(language: str, first_line: str) -> str:
     raise AssertionError(f"no ```{language} block starting with {first_line!r} in the doc")
 
 
+def test_the_documented_pass_is_the_shipped_file():
+    assert _block("python", "# examples/my_passes.py") == (REPO / "examples" / "my_passes.py").read_text()
+
+
 def test_the_documented_example_runs_through_the_cli(tmp_path, monkeypatch, capsys):
-    (tmp_path / "my_passes.py").write_text(_block("python", "# my_passes.py"))
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "my_passes.py").write_text(_block("python", "# examples/my_passes.py"))
     (tmp_path / "models").mkdir()
     shutil.copy(TINY_LLAMA, tmp_path / "models" / "tiny_llama.onnx")
     command = _block("console", "$ kirinc").strip().removeprefix("$ ")
@@ -50,7 +55,7 @@ def test_the_documented_example_runs_through_the_cli(tmp_path, monkeypatch, caps
 
 
 def test_the_documented_python_api_example_runs(tmp_path, monkeypatch):
-    (tmp_path / "my_passes.py").write_text(_block("python", "# my_passes.py"))
+    (tmp_path / "my_passes.py").write_text(_block("python", "# examples/my_passes.py"))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(REPO)
     code = _block("python", "from kirin_compiler import PassRegistry")
