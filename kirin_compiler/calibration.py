@@ -17,6 +17,7 @@ skips the runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -247,7 +248,8 @@ def _save(path: Path, key: str, stats: dict[str, ChannelStats]) -> None:
         np.savez(partial, **arrays)
         partial.replace(path)
     except OSError:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
 
 
 def _load(path: Path, key: str, model: ir.Model, searches: Mapping[str, Search]) -> dict[str, ChannelStats] | None:

@@ -30,12 +30,15 @@ class Pass(ir.passes.InPlacePass):
     used in ``-p``), optionally ``requires_passes`` (names that must run before), and implement
     ``call(model) -> ir.passes.PassResult``. Fields become options; their types (``int``,
     ``float``, ``bool``, ``str`` or a ``Literal`` of strings) are checked when parsed. A pass
-    that runs the model on calibration inputs sets ``needs_calibration``.
+    that runs the model on calibration inputs sets ``needs_calibration``; one that converts
+    what it finds (its output is no longer its input) sets ``runs_once``, and the pass manager
+    refuses to run it on a model it already ran on.
     """
 
     name: ClassVar[str]
     requires_passes: ClassVar[tuple[str, ...]] = ()
     needs_calibration: ClassVar[bool] = False
+    runs_once: ClassVar[bool] = False  # a conversion: run again, it would find its own output
 
     def spec(self) -> str:
         """The pass with all its options, in pipeline syntax: ``quantize{group=128}``."""
@@ -112,6 +115,8 @@ class PassManager:
             self.passes = self.passes[: names.index(stop_after) + 1]
 
     def check_prerequisites(self, already_run: Sequence[str] = ()) -> None:
+        """Each pass's prerequisites ran before it; a pass that ``runs_once`` has not run yet
+        (on a ``.kirin`` input, ``already_run`` is its record)."""
         done = set(already_run)
         for pass_ in self.passes:
             missing = [name for name in pass_.requires_passes if name not in done]
@@ -119,6 +124,13 @@ class PassManager:
                 raise KirinError(
                     f"pass '{pass_.name}' requires {', '.join(repr(m) for m in missing)} to run "
                     "before it: add it earlier in the pipeline"
+                )
+            if pass_.runs_once and pass_.name in done:
+                where = "this model's kirin.pipeline records it" if pass_.name in already_run else \
+                    "the pipeline runs it twice"
+                raise KirinError(
+                    f"pass '{pass_.name}' runs once ({where}): compile the ONNX file again "
+                    "with the pipeline you want"
                 )
             done.add(pass_.name)
 

@@ -289,6 +289,10 @@ def _check_record(model: ir.Model, kirin_nodes: list[ir.Node]) -> None:
         if name not in names:
             raise _Damaged(f"{what} {name}, which the metadata {KEY_PIPELINE} "
                            f"('{','.join(names) or 'empty'}') does not record")
+    for name in RUN_ONCE:
+        if names.count(name) > 1:
+            raise _Damaged(f"the metadata {KEY_PIPELINE} records {name} {names.count(name)} times; "
+                           "it runs once")
     order = [name for name in _CHAIN if name in needed]
     first = [names.index(name) for name in order]
     if first != sorted(first):
@@ -311,6 +315,7 @@ def _check_record(model: ir.Model, kirin_nodes: list[ir.Node]) -> None:
 
 # the Kirin passes in the order their work builds on each other
 _CHAIN = ("quantize", "outlier-detect", "spike-matrix-hybridize", "threshold-insert", "energy-annotate")
+RUN_ONCE = _CHAIN[:-1]  # the passes with Pass.runs_once (a test checks they agree)
 
 
 def _spikes_feed(node: ir.Node) -> bool:

@@ -52,6 +52,7 @@ class OutlierDetectPass(Pass):
 
     name = "outlier-detect"
     requires_passes = ("quantize",)
+    runs_once = True
     needs_calibration = True
 
     mode: Literal["token", "static", "none"] = "token"

@@ -46,6 +46,7 @@ class QuantizePass(Pass):
 
     name = "quantize"
     requires_passes = ("canonicalize",)
+    runs_once = True
 
     bits: int = 4
     group: int = 32

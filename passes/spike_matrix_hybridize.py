@@ -31,6 +31,7 @@ class SpikeMatrixHybridizePass(Pass):
 
     name = "spike-matrix-hybridize"
     requires_passes = ("quantize",)
+    runs_once = True
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         products = [n for n in model.graph if is_kirin(n, QMATMUL)]

@@ -45,6 +45,7 @@ class ThresholdInsertPass(Pass):
 
     name = "threshold-insert"
     requires_passes = ("spike-matrix-hybridize",)
+    runs_once = True
 
     silent: bool = True
 

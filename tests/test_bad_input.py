@@ -269,6 +269,10 @@ def _pipeline(change: Callable[[str], str]) -> Callable[[onnx.ModelProto], None]
     return edit
 
 
+def _hybridize_first(pipeline: str) -> str:
+    return "spike-matrix-hybridize," + pipeline.replace(",spike-matrix-hybridize", "")
+
+
 def _unconvert_encoder(model: onnx.ModelProto) -> None:
     """The first TTFSEncoder back to the ActQuant it was before threshold-insert."""
     node = _node(model, "TTFSEncoder")
@@ -358,9 +362,10 @@ KIRIN_EDITS = [  # (name, edit, a part of the error line)
      "does not record"),
     ("a record without energy-annotate", _pipeline(lambda p: p.rsplit(",energy-annotate", 1)[0]),
      "is written by energy-annotate, which"),
-    ("a record with passes out of order", _pipeline(lambda p: "spike-matrix-hybridize," + p),
+    ("a record with passes out of order", _pipeline(_hybridize_first),
      "out of order"),
     ("a record of a pass that did not run", _unconvert_encoder, "records threshold-insert, but node"),
+    ("a record of quantize run twice", _pipeline(lambda p: p + ",quantize"), "records quantize 2 times"),
     ("a record with a bad option", _pipeline(lambda p: p.replace("quantize{bits=4", "quantize{bits=four")),
      "option 'bits' of pass 'quantize' expects int"),
     ("a record of 2-bit weights", _pipeline(lambda p: p.replace("quantize{bits=4", "quantize{bits=2")),
@@ -397,7 +402,7 @@ CASES += [
     Case("recompile: weight codes out of range", lambda f: [f / "bad.kirin", "-p", "canonicalize", "-o", f / "o.kirin"],
          "the weight code 100", _kirin(_initializer(WQ, lambda a: np.full(a.shape, 100, np.int8)))),
     Case("eval: a tampered record", lambda f: ["eval", f / "bad.kirin", "--text", f / "ids.npy", "--length", "8"],
-         "out of order", _kirin(_pipeline(lambda p: "spike-matrix-hybridize," + p))),
+         "out of order", _kirin(_pipeline(_hybridize_first))),
 ]
 
 
@@ -575,6 +580,21 @@ CASES += [
     Case("--load-pass of a class that is not a pass", lambda f: [f / M, "--load-pass", f"{f / 'np.py'}:NotAPass"],
          "NotAPass", lambda f: (f / "np.py").write_text("class NotAPass:\n    pass\n")),
     Case("--load-pass without a class", lambda f: [f / M, "--load-pass", str(f / "plugin.py")], "plugin.py"),
+    Case("a conversion pass run again on a .kirin", lambda f: [f / "model.kirin", "-p", "quantize", "-o", f / "o.kirin"],
+         "pass 'quantize' runs once (this model's kirin.pipeline records it)"),
+    Case("a conversion pass twice in a pipeline", lambda f: [f / M, "-p", "canonicalize,quantize,quantize"],
+         "the pipeline runs it twice"),
+    Case("--calib-cache onto a file", lambda f: [f / M, "--calib", f / "ids.npy", "--calib-cache", f / "ids.npy",
+                                                 "-o", f / "o.kirin"], "--calib-cache"),
+    # arguments: one line, not argparse's usage
+    Case("an unknown flag", lambda f: [f / M, "--bogus"], "unrecognized arguments: --bogus; see kirinc --help"),
+    Case("a mode that does not exist", lambda f: ["run", f / M, "--input", f / "ids.npy", "--mode", "spiky"],
+         "invalid choice: 'spiky'"),
+    Case("a count that is not a number", lambda f: [f / M, "--calib-length", "many"], "invalid int value: 'many'"),
+    Case("inspect without a file", lambda f: ["inspect"], "the following arguments are required: FILE"),
+    Case("run without --input", lambda f: ["run", f / M], "the following arguments are required: --input"),
+    Case("--calib naming a FIFO", lambda f: [f / M, "--calib", f / "pipe", "-o", f / "o.kirin"],
+         "is not a regular file", _fifo("pipe")),
     # full disks: every file may grow to a few bytes only
     Case("a full disk on -o", lambda f: [f / M, "-p", "canonicalize", "-o", f / "o.kirin"], "cannot write",
          file_limit=4096),
@@ -731,3 +751,10 @@ def test_a_damaged_calibration_cache_entry_is_rebuilt(damage, tmp_path, capsys):
     assert main([*compile_, str(tmp_path / "again.kirin")]) == 0
     assert (tmp_path / "again.kirin").read_bytes() == (tmp_path / "first.kirin").read_bytes()
     assert entry.read_bytes() == written  # rebuilt
+
+
+def test_the_validator_knows_which_passes_run_once():
+    from kirin_compiler.passes import BUILTIN_PASSES
+    from kirin_compiler.validate import RUN_ONCE
+
+    assert sorted(RUN_ONCE) == sorted(p.name for p in BUILTIN_PASSES if p.runs_once)

@@ -18,6 +18,15 @@ from kirin_compiler import calibration, files
 from kirin_compiler.errors import KirinError
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported as kirinc reports every bad input: one line
+    (``kirinc: error: ...``, exit status 2), pointing to ``--help`` instead of printing the
+    usage."""
+
+    def error(self, message: str):
+        raise KirinError(f"{message}; see {self.prog} --help")
+
+
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calib", metavar="FILE",
@@ -134,7 +143,8 @@ def token_ids(path: pathlib.Path, tokenizer: tokenizers.Tokenizer | None) -> np.
     if path.is_dir():
         raise KirinError(f"'{path}' is a folder; give a file of token ids (.npy) or text")
     if not path.is_file():
-        raise KirinError(f"input file '{path}' does not exist")
+        raise KirinError(f"input file '{path}' does not exist" if not path.exists() else
+                         f"input '{path}' is not a regular file; give a file of token ids (.npy) or text")
     files.read(path, "the token ids" if path.suffix == ".npy" else "the text")
     if path.suffix == ".npy":
         try:
@@ -178,6 +188,9 @@ def calibration_of(args: argparse.Namespace, model: ir.Model) -> calibration.Cal
     """The ``--calib`` windows for ``model``'s calibrating passes, and where their statistics
     are cached."""
     cache = None if args.no_calib_cache else pathlib.Path(args.calib_cache).expanduser()
+    if cache is not None and cache.exists() and not cache.is_dir():
+        raise KirinError(f"--calib-cache '{args.calib_cache}' is a file, not a folder; give a folder "
+                         "(made if missing), or --no-calib-cache")
     feeds, source = calibration_feeds(args, model)
     return calibration.Calibration(feeds, source, cache, sys.stderr.isatty())
 

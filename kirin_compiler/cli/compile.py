@@ -127,7 +127,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _common.ArgumentParser(
         prog="kirinc",
         description="Compile an LLM into an integer/spike hybrid spiking neural network.",
         epilog=_EPILOG,

@@ -153,7 +153,7 @@ def _check_model(path: pathlib.Path) -> ir.Model:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _common.ArgumentParser(
         prog="kirinc eval",
         description="Perplexity of a model on a text: windows scored each on its own, the\n"
         "float model beside compiled configurations.",

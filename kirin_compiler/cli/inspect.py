@@ -40,7 +40,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _common.ArgumentParser(
         prog="kirinc inspect",
         description="Summarize an ONNX or .kirin file: metadata, pipeline, ops, parameters.",
     )

@@ -49,7 +49,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _common.ArgumentParser(
         prog="kirinc run",
         description="Run a model on the torch backend and print (or save) its outputs.",
         epilog="examples:\n  kirinc run model.kirin --input ids.npy\n"

@@ -50,7 +50,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _common.ArgumentParser(
         prog="kirinc verify",
         description="Run a compiled model in the qann mode (integer reference) and the snn mode\n"
         "(time-stepped spikes), compare every integer accumulator, code and output bit for\n"
