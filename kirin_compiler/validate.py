@@ -40,7 +40,9 @@ from kirin_compiler.kirin_ops import (
     Signature,
     is_kirin,
 )
-from kirin_compiler.metadata import JSON_KEYS, KEY_LAYER, KEY_OPS, KEY_PIPELINE, KEY_TIMESTEPS
+from kirin_compiler.metadata import (
+    JSON_KEYS, KEY_CALIBRATION, KEY_LAYER, KEY_OPS, KEY_PIPELINE, KEY_TIMESTEPS, KEY_WORKLOAD,
+)
 from kirin_compiler.registry import parse_option, split_pipeline
 
 _FIX = "the file is damaged or was not written by kirin_compiler: compile the model again from its ONNX file"
@@ -229,13 +231,12 @@ def _check_constant(node: ir.Node, index: int, what: str, *, float_scale: bool =
 def _check_metadata(model: ir.Model, nodes: list[ir.Node]) -> None:
     for key in JSON_KEYS:
         if key in model.metadata_props:
-            _json_object(model.metadata_props[key], f"the metadata {key}")
-    if KEY_TIMESTEPS in model.metadata_props:
-        steps = json.loads(model.metadata_props[KEY_TIMESTEPS])
-        for field in ("total", "baseline_8bit_total"):
-            if not _count(steps.get(field)):
-                raise _Damaged(f"the metadata {KEY_TIMESTEPS} has {field}={_show(steps.get(field))}; "
-                               "it is a number of steps")
+            value = _json_object(model.metadata_props[key], f"the metadata {key}")
+            _check_fields(value, f"the metadata {key}", _FIELDS.get(key, {}))
+            source = value.get("source") if key == KEY_CALIBRATION else None
+            if isinstance(source, str) and source.startswith("{"):  # as kirinc --calib records it
+                _check_fields(_json_object(source, f"the metadata {key}'s source"),
+                              f"the metadata {key}'s source", _CALIBRATION_SOURCE)
     for node in nodes:
         if KEY_OPS in node.metadata_props:
             counts = _json_object(node.metadata_props[KEY_OPS], f"node '{node.name}''s {KEY_OPS}")
@@ -246,6 +247,36 @@ def _check_metadata(model: ir.Model, nodes: list[ir.Node]) -> None:
         layer = node.metadata_props.get(KEY_LAYER)
         if layer is not None and not layer.isdigit():
             raise _Damaged(f"node '{node.name}' has {KEY_LAYER}={layer!r}; it is a layer number")
+
+
+def _check_fields(value: dict, what: str, fields: dict[str, tuple[Any, str]]) -> None:
+    """Each field of ``fields`` that ``value`` must hold passes its check."""
+    for name, (check, kind) in fields.items():
+        if name not in value:
+            raise _Damaged(f"{what} lacks its field '{name}'")
+        if not check(value[name]):
+            raise _Damaged(f"{what} has {name}={_show(value[name])}; it is {kind}")
+
+
+def _integer(least: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= least, f"an integer of at least {least}"
+
+
+_STEPS = (lambda v: isinstance(v, dict) and all(_integer(0)[0](n) for n in v.values()), "steps by layer")
+_TEXT = (lambda v: isinstance(v, str), "a string")
+_FIELDS = {  # what kirinc reads of the JSON metadata (energy-annotate and outlier-detect write it)
+    KEY_TIMESTEPS: {
+        "total": _integer(0), "baseline_8bit_total": _integer(0), "per_layer": _STEPS,
+        "baseline_8bit_per_layer": _STEPS,
+        "reduction": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and math.isfinite(v) and v <= 1, "a share (at most 1)"),
+    },
+    KEY_WORKLOAD: {"mode": (lambda v: v in ("float", "qann", "snn"), "a mode"), "runs": _integer(1),
+                   "tokens": _integer(0)},
+    KEY_CALIBRATION: {"source": _TEXT, "runs": _integer(0), "tokens": _integer(0),
+                      "sha256": (lambda v: isinstance(v, str) and len(v) == 64, "a SHA-256 in hex")},
+}
+_CALIBRATION_SOURCE = {"file": _TEXT, "length": _integer(1), "windows": _integer(1)}
 
 
 def _recorded_quantize(model: ir.Model) -> dict[str, Any]:
