@@ -13,8 +13,8 @@ It checks, against the signatures of `kirin_ops.SIGNATURES` and the arithmetic:
    recorded ``quantize`` pass makes, block sub-scales UINT8 and offsets INT16 of the blocks'
    shape, scales finite (static activation scales also positive), masks boolean;
 4. the metadata: JSON where JSON is written (``kirin.source``, ``kirin.calibration``,
-   ``kirin.timesteps``, ``kirin.workload``, a node's ``kirin.ops``), a node's ``kirin.layer`` a
-   layer number, and a ``kirin.pipeline`` record that agrees with the graph: every op's pass
+   ``kirin.timesteps``, ``kirin.workload``, a node's ``kirin.ops``), with the fields kirinc reads
+   of it, a node's ``kirin.layer`` a layer number, and a ``kirin.pipeline`` record that agrees with the graph: every op's pass
    is recorded, in order, and each recorded pass left what it always leaves.
 """
 
@@ -88,7 +88,8 @@ def _check_signature(node: ir.Node, signature: Signature) -> None:
     if not signature.inputs[0] <= inputs <= signature.inputs[1]:
         raise _Damaged(f"has {_many(inputs, 'input')}; it takes {_span(signature.inputs)}")
     if len(node.outputs) not in signature.outputs:
-        raise _Damaged(f"has {_many(len(node.outputs), 'output')}; it makes {' or '.join(map(str, signature.outputs))}")
+        counts = " or ".join(map(str, signature.outputs))
+        raise _Damaged(f"has {_many(len(node.outputs), 'output')}; it makes {counts}")
     for index in signature.required:
         if index < inputs and node.inputs[index] is None:
             raise _Damaged(f"input {index} is required but absent")
@@ -102,7 +103,8 @@ def _check_signature(node: ir.Node, signature: Signature) -> None:
             raise _Damaged(f"attribute {name} is {_show(value)}; it is {_KINDS[spec.kind]}")
         if not spec.allows(value):
             raise _Damaged(f"attribute {name}={_show(value)} is not {spec.describe()}")
-    missing = [name for name, spec in signature.attributes.items() if spec.required and name not in node.attributes]
+    missing = [name for name, spec in signature.attributes.items()
+               if spec.required and name not in node.attributes]
     if missing:
         raise _Damaged(f"lacks the attribute{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
 
@@ -259,7 +261,8 @@ def _check_fields(value: dict, what: str, fields: dict[str, tuple[Any, str]]) ->
 
 
 def _integer(least: int):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= least, f"an integer of at least {least}"
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= least,
+            f"an integer of at least {least}")
 
 
 _STEPS = (lambda v: isinstance(v, dict) and all(_integer(0)[0](n) for n in v.values()), "steps by layer")
@@ -268,8 +271,7 @@ _FIELDS = {  # what kirinc reads of the JSON metadata (energy-annotate and outli
     KEY_TIMESTEPS: {
         "total": _integer(0), "baseline_8bit_total": _integer(0), "per_layer": _STEPS,
         "baseline_8bit_per_layer": _STEPS,
-        "reduction": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                      and math.isfinite(v) and v <= 1, "a share (at most 1)"),
+        "reduction": (lambda v: _number(v) and v <= 1, "a share (at most 1)"),
     },
     KEY_WORKLOAD: {"mode": (lambda v: v in ("float", "qann", "snn"), "a mode"), "runs": _integer(1),
                    "tokens": _integer(0)},
@@ -289,9 +291,11 @@ def _recorded_quantize(model: ir.Model) -> dict[str, Any]:
     bits = parse_option("quantize", "bits", options.get("bits", "4"), int)
     asymmetric = parse_option("quantize", "asymmetric", options.get("asymmetric", "true"), bool)
     if not 2 <= bits <= 8:
-        raise _Damaged(f"the metadata {KEY_PIPELINE} records quantize{{bits={bits}}}; quantize makes 2 to 8 bits")
+        raise _Damaged(f"the metadata {KEY_PIPELINE} records quantize{{bits={bits}}}; quantize "
+                       "makes 2 to 8 bits")
     top = 2 ** (bits - 1) - 1
-    return {"range": (-top - asymmetric, top), "spec": f"quantize{{bits={bits},asymmetric={str(asymmetric).lower()}}}"}
+    spec = f"quantize{{bits={bits},asymmetric={str(asymmetric).lower()}}}"
+    return {"range": (-top - asymmetric, top), "spec": spec}
 
 
 def _record(model: ir.Model) -> list[tuple[str, dict[str, str]]]:
@@ -333,7 +337,8 @@ def _check_record(model: ir.Model, kirin_nodes: list[ir.Node]) -> None:
     left = {
         "spike-matrix-hybridize": [n for n in nodes if is_kirin(n, QMATMUL)],
         "threshold-insert": [n for n in nodes if is_kirin(n, ACT_QUANT) and _spikes_feed(n)],
-        "outlier-detect": [n for n in nodes if is_kirin(n, ACT_QUANT, TTFS_ENCODER) and "outliers" not in n.attributes],
+        "outlier-detect": [n for n in nodes
+                           if is_kirin(n, ACT_QUANT, TTFS_ENCODER) and "outliers" not in n.attributes],
     }
     for name, unconverted in left.items():
         if name in names and unconverted:
@@ -389,7 +394,11 @@ def _json_object(text: str, what: str) -> dict:
 
 
 def _count(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return _number(value) and value >= 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _first_bad(values: np.ndarray, positive: bool) -> str:

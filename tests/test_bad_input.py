@@ -422,7 +422,7 @@ CASES += [
     Case(f"{command}: {name}", lambda f, c=command: KIRIN_COMMANDS[c](f), message, _kirin(edit))
     for name, edit, message in KIRIN_EDITS for command in KIRIN_COMMANDS
 ]
-CASES += [
+CASES += [  # other commands on .kirin files
     Case("inspect: a truncated .kirin", lambda f: ["inspect", f / "bad.kirin"], "is not a readable ONNX model",
          lambda f: (f / "bad.kirin").write_bytes((f / "model.kirin").read_bytes()[:5000])),
     Case("recompile: a damaged kirin.timesteps", lambda f: [f / "bad.kirin", "-p", "energy-annotate", "-o", f / "o.kirin",
@@ -498,6 +498,7 @@ def _ops(*nodes, opset: int = 18) -> Callable[[pathlib.Path], None]:
 
 
 CASES += [
+    # ONNX files, their weights and their external data
     Case("a Constant's data outside the model's folder", lambda f: [f / "m" / "model.onnx", "-p", "canonicalize",
                                                                      "-o", f / "m" / "o.kirin"],
          "attribute 'value' of node 'const'", _constant_outside),
