@@ -23,6 +23,7 @@ import onnx_ir as ir
 import torch
 import tqdm
 
+from kirin_compiler import feeds
 from kirin_compiler.equivalence import bitwise_differences
 
 
@@ -68,9 +69,8 @@ def evaluate(
     label: str = "",
     progress: bool = False,
 ) -> list[Score]:
-    """Scores ``model`` in each of ``modes`` on every window (token ids ``[1, L]``, fed to the
-    model's one input); one `Score` per mode, in the order given."""
-    name = model.graph.inputs[0].name
+    """Scores ``model`` in each of ``modes`` on every window (token ids ``[1, L]``, with the
+    model's other inputs as `feeds.feed` gives them); one `Score` per mode, in the order given."""
     modules = {mode: executor.lower(model, mode) for mode in modes}
     nll = dict.fromkeys(modes, 0.0)
     tokens = differing = 0
@@ -79,7 +79,7 @@ def evaluate(
     for window in bar:
         logits = {}
         for mode in modes:
-            logits[mode] = executor.run(modules[mode], model, {name: window})[0][0]
+            logits[mode] = executor.run(modules[mode], model, feeds.feed(model, window))[0][0]
             window_nll, count = negative_log_likelihood(logits[mode], window[0])
             nll[mode] += window_nll
         tokens += count  # the same in every mode

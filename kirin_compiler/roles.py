@@ -30,6 +30,7 @@ that of the last attention product before them; ``lm_head`` has none.
 
 from __future__ import annotations
 
+import collections
 import re
 from typing import Iterable
 
@@ -97,6 +98,7 @@ def assign_roles(graph: ir.Graph, scopes: dict[ir.Node, str]) -> None:
             product_layer[node] = current_layer
             _annotate(node, products[node], current_layer, scope)
     current_layer = None
+    named: list[tuple[ir.Node, str, int | None, str]] = []
     for node in nodes:
         if node in product_layer:
             current_layer = product_layer[node]
@@ -107,7 +109,41 @@ def assign_roles(graph: ir.Graph, scopes: dict[ir.Node, str]) -> None:
         fallback = product_layer.get(partner.get(node), current_layer)
         if structural[node] == "lm_head":
             fallback = None
-        _annotate(node, role_name, _layer_from_scope(scope, fallback), scope)
+        named.append((node, role_name, _layer_from_scope(scope, fallback), scope))
+    for node, role_name, layer_index, scope in _unique(named):
+        _annotate(node, role_name, layer_index, scope)
+
+
+def _unique(named: list[tuple[ir.Node, str, int | None, str]]) -> list[tuple[ir.Node, str, int | None, str]]:
+    """The roles made unique within each layer, by construction: products of one layer that
+    would share a role (GPT-2's ``attn.c_proj`` and ``mlp.c_proj`` both end in ``c_proj``) take
+    the module path below the layer instead (``attn-c``, ``mlp-c``), and any that still share
+    one are numbered in graph order. The weight names (``layers.<i>.<role>.weight``) follow."""
+    def count(items):
+        return collections.Counter((layer_index, role_name) for _, role_name, layer_index, _ in items)
+
+    shared = count(named)
+    named = [
+        (node, _path_role(scope) or role_name, layer_index, scope)
+        if shared[(layer_index, role_name)] > 1 else (node, role_name, layer_index, scope)
+        for node, role_name, layer_index, scope in named
+    ]
+    shared, seen = count(named), collections.Counter()
+    result = []
+    for node, role_name, layer_index, scope in named:
+        if shared[(layer_index, role_name)] > 1:
+            seen[(layer_index, role_name)] += 1
+            role_name = f"{role_name}-{seen[(layer_index, role_name)]}"
+        result.append((node, role_name, layer_index, scope))
+    return result
+
+
+def _path_role(scope: str) -> str | None:
+    """``attn-c`` for ``transformer.h.0.attn.c_proj``: the module path below the layer."""
+    match = _LAYER_IN_SCOPE.search(scope)
+    below = scope[match.end():] if match else scope
+    parts = [part.removesuffix("_proj") for part in below.split(".") if part and not part.isdigit()]
+    return "-".join(parts) or None
 
 
 def _annotate(node: ir.Node, role_name: str, layer_index: int | None, scope: str) -> None:

@@ -47,31 +47,55 @@ def tiny_hf_model(family: str):
     return models[family]().eval()
 
 
-def export_file(family: str, exporter: str, opset: int, folder: pathlib.Path) -> pathlib.Path:
-    """Exports a tiny ``family`` model with ``exporter`` ("dynamo" or "torchscript")."""
+def export_file(
+    family: str, exporter: str, opset: int, folder: pathlib.Path, inputs: tuple[str, ...] = ("input_ids",)
+) -> pathlib.Path:
+    """Exports a tiny ``family`` model with ``exporter`` ("dynamo" or "torchscript"), taking
+    ``inputs``: the token ids, and optionally ``attention_mask`` and ``position_ids``."""
     import torch
 
     from kirin_compiler.frontend import LogitsOnly
 
-    path = folder / f"{family}_{exporter}_{opset}.onnx"
-    module = LogitsOnly(tiny_hf_model(family)).eval()
+    extra = "".join(f"+{name.split('_')[0]}" for name in inputs[1:])
+    path = folder / f"{family}_{exporter}_{opset}{extra}.onnx"
+    model = tiny_hf_model(family)
+    module = (LogitsOnly(model) if inputs == ("input_ids",) else _Logits(model)).eval()
     ids = torch.from_numpy(token_ids((1, EXPORT_LENGTH)))
+    examples = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "position_ids": torch.arange(EXPORT_LENGTH)[None]}
+    args = tuple(examples[name] for name in inputs)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             batch, sequence = torch.export.Dim("batch", max=8), torch.export.Dim("sequence", max=64)
             torch.onnx.export(
-                module, (ids,), path, dynamo=True, opset_version=opset,
-                input_names=["input_ids"], output_names=["logits"],
-                dynamic_shapes=({0: batch, 1: sequence},),
+                module, args, path, dynamo=True, opset_version=opset,
+                input_names=list(inputs), output_names=["logits"],
+                dynamic_shapes=tuple({0: batch, 1: sequence} for _ in inputs),
             )
         else:
             torch.onnx.export(
-                module, (ids,), path, dynamo=False, opset_version=opset,
-                input_names=["input_ids"], output_names=["logits"],
-                dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}},
+                module, args, path, dynamo=False, opset_version=opset,
+                input_names=list(inputs), output_names=["logits"],
+                dynamic_axes={name: {0: "batch", 1: "sequence"} for name in inputs},
             )
     return path
+
+
+def _Logits(model):
+    """``(input_ids, attention_mask[, position_ids]) -> logits``: a plain export given the mask."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, position_ids=None):
+            extra = {} if position_ids is None else {"position_ids": position_ids}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
+
+    return Logits()
 
 
 def token_ids(shape: tuple[int, int], seed: int = 1) -> np.ndarray:

@@ -484,6 +484,20 @@ def _if_branch_outside(folder: pathlib.Path) -> None:
                 [condition])
 
 
+def _input_besides_the_ids(folder: pathlib.Path) -> None:
+    """A decoder that also takes an input kirinc has no natural value for."""
+    table = onh.from_array(np.ones((256, 4), np.float32), "embedding")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gather", ["embedding", "input_ids"], ["x"], name="embed"),
+         onnx.helper.make_node("Mul", ["x", "temperature"], ["y"], name="scale")], "g",
+        [onnx.helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, ["batch", "sequence"]),
+         onnx.helper.make_tensor_value_info("temperature", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "sequence", 4])], [table],
+    )
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=9),
+              folder / B)
+
+
 def _weights_beside(location: str, size: int | None = None) -> Callable[[pathlib.Path], None]:
     def setup(folder: pathlib.Path) -> None:
         _tiny_graph(folder, "ext.onnx", [onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
@@ -532,6 +546,8 @@ CASES += [
          _ops(onnx.helper.make_node("Add", ["x", "t"], ["y"], name="a"), onnx.helper.make_node("Neg", ["x"], ["t"], name="b"))),
     Case("an ONNX weight of an unknown data type", lambda f: ["inspect", f / B], "is not a valid DataType",
          _edited(lambda m: setattr(m.graph.initializer[0], "data_type", 77))),
+    Case("an input kirinc cannot give a value", lambda f: ["run", f / B, "--input", f / "ids.npy"],
+         "the model's input 'temperature' (FLOAT[1]) is none of these", _input_besides_the_ids),
     Case("a NaN in a product weight", lambda f: [f / B, "-p", "canonicalize", "-o", f / "o.kirin"],
          "holds NaN or infinite values", _edited(lambda m: _set_weight(m, "MatMul", np.nan))),
     Case("a 1-D product weight", lambda f: [f / B, "-p", "canonicalize,quantize"], "has the shape [4096]",

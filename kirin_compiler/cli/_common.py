@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 import tokenizers
 
-from kirin_compiler import calibration, files
+from kirin_compiler import calibration, feeds, files
 from kirin_compiler.errors import KirinError
 
 
@@ -53,7 +53,7 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
 
 def calibration_feeds(args: argparse.Namespace, model: ir.Model) -> tuple[list, str]:
     """The calibration windows of ``--calib`` as feeds, and their provenance."""
-    name = single_input(model, "--calib")
+    feeds.decoder_inputs(model, "--calib")  # inputs it can feed, before any work
     require_at_least(args, 1, "calib_length", "calib_windows")
     ids = token_ids(pathlib.Path(args.calib), load_tokenizer(args.tokenizer))
     check_vocabulary(model, ids, args.calib)
@@ -63,7 +63,7 @@ def calibration_feeds(args: argparse.Namespace, model: ir.Model) -> tuple[list, 
     source = {"file": str(args.calib), "length": length, "windows": len(windows)}
     if args.tokenizer:
         source["tokenizer"] = str(args.tokenizer)
-    return [{name: w} for w in windows], json.dumps(source, sort_keys=True)
+    return [feeds.feed(model, w) for w in windows], json.dumps(source, sort_keys=True)
 
 
 def require_at_least(args: argparse.Namespace, least: int, *options: str) -> None:
@@ -87,19 +87,11 @@ def failing_on(model: str, inputs: str, ids: np.ndarray):
         ) from error
 
 
-def single_input(model: ir.Model, what: str) -> str:
-    """The name of the model's one input (token ids), which ``what`` feeds."""
-    if len(model.graph.inputs) != 1:
-        names = ", ".join(v.name for v in model.graph.inputs)
-        raise KirinError(f"{what} feeds token ids to a model with one input; this model has "
-                         f"{len(model.graph.inputs)} ({names})")
-    return model.graph.inputs[0].name
-
-
 def check_vocabulary(model: ir.Model, ids: np.ndarray, source: str) -> None:
     """Refuses token ids past the model's vocabulary (the rows of the embedding tables that
     look its input up), naming the first one, before anything runs."""
-    tokens = model.graph.inputs[0]
+    name = feeds.decoder_inputs(model).ids
+    tokens = next(value for value in model.graph.inputs if value.name == name)
     rows = [
         user.inputs[0].const_value.shape[0]
         for user, index in tokens.uses()

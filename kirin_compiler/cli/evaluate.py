@@ -20,7 +20,7 @@ from typing import Sequence
 
 import onnx_ir as ir
 
-from kirin_compiler import calibration, evaluation, files
+from kirin_compiler import calibration, evaluation, feeds, files
 from kirin_compiler.backends import torch_backend
 from kirin_compiler.backends.torch_kirin import MODES
 from kirin_compiler.cli import _common
@@ -148,7 +148,7 @@ def _recorded_source(model) -> str | None:
 def _check_model(path: pathlib.Path) -> ir.Model:
     """The model at ``path``, which must take token ids."""
     model = load_model(path)
-    _common.single_input(model, "kirinc eval")
+    feeds.decoder_inputs(model, "kirinc eval")
     return model
 
 

@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import onnx_ir as ir
 
+from kirin_compiler import feeds
 from kirin_compiler.backends import torch_backend
 from kirin_compiler.cli import _common
 from kirin_compiler.errors import KirinError
@@ -26,12 +27,16 @@ def main(argv: Sequence[str]) -> int:
             raise KirinError(f"--save '{args.save}': use a .npy or .npz file name")
         check_writable(args.save)
     model = load_model(args.model)
-    name = _common.single_input(model, "kirinc run")
+    inputs = feeds.feed(model, ids, "kirinc run")
     _common.check_vocabulary(model, ids, args.input)
     module = torch_backend.lower(model, args.mode)
     with _common.failing_on(args.model, args.input, ids):
-        outputs = torch_backend.run(module, model, {name: ids})
-    print(f"input       {model.graph.inputs[0].name}: {list(ids.shape)} token ids")
+        outputs = torch_backend.run(module, model, inputs)
+    names = feeds.decoder_inputs(model)
+    for name, what in ((names.ids, "token ids"), (names.mask, "attention mask of ones"),
+                       (names.positions, "position ids")):
+        if name is not None:
+            print(f"input       {name}: {list(inputs[name].shape)} {what}")
     for value, array in zip(model.graph.outputs, outputs):
         print(
             f"output      {value.name}: {array.dtype}{list(array.shape)}  min {array.min():.4g}  "

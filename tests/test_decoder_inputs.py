@@ -1,0 +1,74 @@
+"""Exports that take more than token ids (an attention mask, position ids) compile, verify and
+run from token ids alone: kirinc gives the other inputs their natural values (`feeds`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import export_file, token_ids
+
+from kirin_compiler import feeds, load_model
+from kirin_compiler.backends import onnxruntime as ort_backend
+from kirin_compiler.backends import torch_backend
+from kirin_compiler.cli import main
+
+MASK = ("input_ids", "attention_mask")
+POSITIONS = (*MASK, "position_ids")
+CASES = [
+    *[(family, exporter, inputs) for family in ("llama", "opt") for exporter in ("dynamo", "torchscript")
+      for inputs in (MASK, POSITIONS)],
+    ("qwen2", "dynamo", POSITIONS),
+    ("gemma", "torchscript", POSITIONS),
+    ("gpt2", "dynamo", POSITIONS),  # attn.c_proj and mlp.c_proj: roles attn-c and mlp-c
+    ("gpt2", "torchscript", MASK),
+]
+
+
+@pytest.mark.parametrize("family,exporter,inputs", CASES,
+                         ids=[f"{f}-{e}-{'+'.join(i[1:])}" for f, e, i in CASES])
+def test_an_export_with_a_mask_and_positions_compiles_verifies_and_runs(family, exporter, inputs, tmp_path, capsys):
+    path = export_file(family, exporter, 18, tmp_path, inputs)
+    np.save(tmp_path / "ids.npy", token_ids((2, 16), seed=4))
+    compiled = tmp_path / "model.kirin"
+    assert main([str(path), "-o", str(compiled), "--calib", str(tmp_path / "ids.npy"), "--no-calib-cache"]) == 0
+    assert main(["verify", str(compiled)]) == 0
+    assert "0 differ" in capsys.readouterr().out
+    model = load_model(path)
+    assert feeds.decoder_inputs(model) == feeds.DecoderInputs(*inputs, *[None] * (3 - len(inputs)))
+    # the float mode on token ids alone matches onnxruntime fed the same natural inputs
+    ids = token_ids((1, 12), seed=5)
+    fed = feeds.feed(model, ids)
+    np.testing.assert_array_equal(fed["attention_mask"], np.ones((1, 12)))
+    ours = torch_backend.run(torch_backend.lower(model, "float"), model, fed)[0]
+    assert np.abs(ours - ort_backend.run(load_model(path), fed)[0]).max() <= 1e-4
+    np.save(tmp_path / "few.npy", ids)
+    assert main(["run", str(compiled), "--input", str(tmp_path / "few.npy"), "--mode", "snn"]) == 0
+    printed = capsys.readouterr().out
+    assert "attention_mask: [1, 12] attention mask of ones" in printed
+
+
+def test_the_token_ids_are_found_by_the_embedding_they_index_not_by_their_name(tmp_path):
+    import onnx
+    import onnx.helper as oh
+
+    table = onnx.numpy_helper.from_array(np.ones((50, 4), np.float32), "embedding")
+    positions = onnx.numpy_helper.from_array(np.ones((8, 4), np.float32), "wpe")
+    graph = oh.make_graph(
+        [oh.make_node("Gather", ["embedding", "tokens"], ["x"]), oh.make_node("Gather", ["wpe", "pos"], ["p"]),
+         oh.make_node("Add", ["x", "p"], ["y"])], "g",
+        [oh.make_tensor_value_info("pos", onnx.TensorProto.INT64, ["b", "s"]),
+         oh.make_tensor_value_info("tokens", onnx.TensorProto.INT64, ["b", "s"])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", "s", 4])], [table, positions])
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)], ir_version=9), tmp_path / "m.onnx")
+    model = load_model(tmp_path / "m.onnx")
+    with pytest.raises(Exception, match="input 'pos' \\(INT64\\[b, s\\]\\) is none of these"):
+        feeds.decoder_inputs(model)  # 'pos' indexes a table too, but it is not called a position
+    model.graph.inputs[0].name = "position_ids"
+    assert feeds.decoder_inputs(model) == feeds.DecoderInputs("tokens", None, "position_ids")
+
+
+def test_gpt2s_two_c_proj_products_get_roles_of_their_own(tmp_path, capsys):
+    path = export_file("gpt2", "dynamo", 18, tmp_path)
+    assert main([str(path), "-p", "canonicalize", "-o", str(tmp_path / "c.onnx")]) == 0
+    weights = set(load_model(tmp_path / "c.onnx").graph.initializers)
+    assert {"layers.0.attn-c.weight", "layers.0.mlp-c.weight", "layers.1.c_attn.weight"} <= weights
