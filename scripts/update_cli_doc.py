@@ -32,7 +32,8 @@ a fresh generation; the page itself shows real numbers):
 
 - in a pass timing table (the rows under ``// ----- pass timing ----- //``), the numbers of the
   ``seconds`` and ``share`` columns;
-- in a dump manifest, the value of each ``"seconds":`` key.
+- in a dump manifest, the value of each ``"seconds":`` key;
+- in ``kirinc generate``'s last line, the seconds and the tokens per second.
 
 Everything else, sizes, hashes, node counts, spike counts, must come out the same.
 """
@@ -367,8 +368,12 @@ def mask(text: str) -> str:
             line = _TIMING_ROW.sub(r"\1 <seconds> <share>", line)
         elif in_table and not re.match(r"^(#   pass |--  -)", line):
             in_table = False
+        line = _GENERATION_SPEED.sub(r"\1<seconds> s (<speed> tokens/s", line)
         lines.append(_MANIFEST_SECONDS.sub(r"\1<seconds>\2", line))
     return "".join(lines)
+
+
+_GENERATION_SPEED = re.compile(r"(tokens in )[\d.]+ s \([\d.]+ tokens/s")
 
 
 if __name__ == "__main__":

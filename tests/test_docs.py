@@ -23,7 +23,7 @@ CLI_DOC = (REPO / "docs" / "cli.md").read_text()
 CLI_BLOCKS = update_cli_doc.console_blocks(CLI_DOC)
 
 
-@pytest.mark.parametrize("argv", [[*command, "--help"] for command in ([], ["inspect"], ["run"], ["verify"], ["eval"])])
+@pytest.mark.parametrize("argv", [[*command, "--help"] for command in ([], ["inspect"], ["run"], ["verify"], ["eval"], ["generate"])])
 def test_cli_doc_shows_the_current_help(argv, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     with pytest.raises(SystemExit):

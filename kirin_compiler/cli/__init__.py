@@ -2,7 +2,8 @@
 
 ``main(argv) -> int`` is what the console script and ``python -m kirin_compiler`` call, and
 what tests call in-process. It hands the arguments to the command's module (`compile`, the
-default, `inspect`, `run`, `verify`, `evaluate`), each with a ``main(argv) -> int`` of its own.
+default, `inspect`, `run`, `verify`, `evaluate`, `generate`), each with a
+``main(argv) -> int`` of its own.
 Errors a user can cause print one line, ``kirinc: error: <what, where, what to do>``, and exit
 with status 2; no output file is left behind.
 """
@@ -27,6 +28,7 @@ COMMANDS = {
     "run": "run",
     "verify": "verify",
     "eval": "evaluate",
+    "generate": "generate",
 }
 
 

@@ -47,6 +47,7 @@ commands:
   kirinc run MODEL --input FILE         run a model on the torch backend and print its outputs
   kirinc verify MODEL.kirin             prove that the spiking network equals the integer one
   kirinc eval MODEL --text FILE         measure perplexity: float, compiled, configurations
+  kirinc generate MODEL --prompt TEXT   generate text greedily, in any mode
 
 examples:
   kirinc model.onnx -o model.kirin --calib calib_ids.npy
