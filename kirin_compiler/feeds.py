@@ -71,6 +71,26 @@ def feed(model: ir.Model, ids: np.ndarray, what: str = "kirinc") -> dict[str, np
     return result
 
 
+def named(model: ir.Model, arrays: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """Inputs a user gave by name (an ``.npz`` file): exactly the model's inputs, each of its
+    input's element kind and rank."""
+    expected = {value.name: value for value in model.graph.inputs}
+    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+    if missing or extra:
+        wrong = f"lacks {', '.join(missing)}" if missing else f"holds {', '.join(extra)}, which the model does not take"
+        raise KirinError(f"'{source}' {wrong}; give exactly the model's inputs by name "
+                         f"({', '.join(expected)})")
+    result = {}
+    for name, value in expected.items():
+        array, dtype = arrays[name], _numpy(value)
+        rank = len(value.shape) if value.shape is not None else array.ndim
+        if array.dtype.kind != np.dtype(dtype).kind or array.ndim != rank:
+            raise KirinError(f"'{source}' gives {name} as {array.dtype}{list(array.shape)}; the model "
+                             f"takes {_type(value)}")
+        result[name] = array.astype(dtype, copy=False)
+    return result
+
+
 def _token_ids(inputs: list[ir.Value]) -> ir.Value | None:
     """The integer input that indexes the largest constant table (the token embedding)."""
     best, rows = None, -1

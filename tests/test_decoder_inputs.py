@@ -72,3 +72,24 @@ def test_gpt2s_two_c_proj_products_get_roles_of_their_own(tmp_path, capsys):
     assert main([str(path), "-p", "canonicalize", "-o", str(tmp_path / "c.onnx")]) == 0
     weights = set(load_model(tmp_path / "c.onnx").graph.initializers)
     assert {"layers.0.attn-c.weight", "layers.0.mlp-c.weight", "layers.1.c_attn.weight"} <= weights
+
+
+def test_run_takes_every_input_by_name_from_an_npz(tmp_path, capsys):
+    path = export_file("llama", "dynamo", 18, tmp_path, POSITIONS)
+    model = load_model(path)
+    ids = token_ids((1, 6), seed=7)
+    given = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(3, 9)[None]}
+    np.savez(tmp_path / "inputs.npz", **given)
+    assert main(["run", str(path), "--input", str(tmp_path / "inputs.npz"), "--save", str(tmp_path / "y.npy")]) == 0
+    assert "position_ids: [1, 6] int64, as given" in capsys.readouterr().out
+    expected = ort_backend.run(model, given)[0]  # positions 3..8, not the 0..5 of token ids alone
+    assert np.abs(np.load(tmp_path / "y.npy") - expected).max() <= 1e-4
+    for name, arrays, message in [
+        ("missing", {k: v for k, v in given.items() if k != "position_ids"}, "lacks position_ids"),
+        ("extra", {**given, "past": ids}, "holds past, which the model does not take"),
+        ("float ids", {**given, "input_ids": ids.astype(np.float32)}, "gives input_ids as float32[1, 6]"),
+    ]:
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        assert main(["run", str(path), "--input", str(tmp_path / f"{name}.npz")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

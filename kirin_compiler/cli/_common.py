@@ -27,6 +27,25 @@ class ArgumentParser(argparse.ArgumentParser):
         raise KirinError(f"{message}; see {self.prog} --help")
 
 
+def model_command(prog: str, description: str, examples: Sequence[str]) -> ArgumentParser:
+    """The parser of a command that runs a model: its MODEL argument and its examples."""
+    parser = ArgumentParser(
+        prog=prog, description=description,
+        epilog="examples:\n" + "\n".join(f"  {example}" for example in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help="ONNX or .kirin file")
+    return parser
+
+
+def add_mode_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode", choices=["float", "qann", "snn"], default="float",
+        help="execution mode: float (activations unquantized), qann (the integer reference) or "
+        "snn (time-stepped spikes) (default: %(default)s)",
+    )
+
+
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calib", metavar="FILE",
@@ -174,6 +193,20 @@ def token_ids(path: pathlib.Path, tokenizer: tokenizers.Tokenizer | None) -> np.
     if not ids:
         raise KirinError(f"'{path}' tokenizes to no tokens")
     return np.asarray([ids], dtype=np.int64)
+
+
+def named_inputs(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file, by name (never unpickled)."""
+    if not path.is_file():
+        raise KirinError(f"input file '{path}' does not exist")
+    files.read(path, "the inputs")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):
+                raise ValueError("it holds one array, not arrays by name")
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, EOFError, OSError) as error:
+        raise KirinError(f"'{path}' is not a readable .npz file of inputs by name: {error}") from None
 
 
 def calibration_of(args: argparse.Namespace, model: ir.Model) -> calibration.Calibration:

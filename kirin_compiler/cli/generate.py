@@ -54,20 +54,15 @@ def main(argv: Sequence[str]) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = _common.ArgumentParser(
-        prog="kirinc generate",
-        description="Generate text greedily from a prompt, on the torch backend, in any mode.",
-        epilog="examples:\n  kirinc generate model.kirin --prompt 'The river' --tokenizer tok/ --mode snn\n"
-        "  kirinc generate model.onnx --prompt 'The river' --tokenizer tok/ --max-new-tokens 40",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _common.model_command(
+        "kirinc generate", "Generate text greedily from a prompt, on the torch backend, in any mode.",
+        ["kirinc generate model.kirin --prompt 'The river' --tokenizer tok/ --mode snn",
+         "kirinc generate model.onnx --prompt 'The river' --tokenizer tok/ --max-new-tokens 40"],
     )
-    parser.add_argument("model", metavar="MODEL", help="ONNX or .kirin file")
     parser.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
     parser.add_argument("--tokenizer", required=True, metavar="DIR", help="folder with a tokenizer.json")
     parser.add_argument("--max-new-tokens", type=int, default=20, metavar="N",
                         help="tokens to generate (default: %(default)s)")
-    parser.add_argument("--mode", choices=("float", "qann", "snn"), default="float",
-                        help="float, qann (the integer network) or snn (time-stepped spikes) "
-                        "(default: %(default)s)")
+    _common.add_mode_argument(parser)
     return parser
 

@@ -21,22 +21,31 @@ from kirin_compiler.format import atomic_path, check_writable, load_model
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     tokenizer = _common.load_tokenizer(args.tokenizer)
-    ids = _common.token_ids(pathlib.Path(args.input), tokenizer)
+    by_name = pathlib.Path(args.input).suffix == ".npz"  # every input, by name
+    if by_name:
+        given = _common.named_inputs(pathlib.Path(args.input))
+    else:
+        ids = _common.token_ids(pathlib.Path(args.input), tokenizer)
     if args.save:
         if pathlib.Path(args.save).suffix not in (".npy", ".npz"):
             raise KirinError(f"--save '{args.save}': use a .npy or .npz file name")
         check_writable(args.save)
     model = load_model(args.model)
-    inputs = feeds.feed(model, ids, "kirinc run")
-    _common.check_vocabulary(model, ids, args.input)
+    if by_name:
+        inputs = feeds.named(model, given, args.input)
+        shown = {name: f"{array.dtype}, as given" for name, array in inputs.items()}
+        ids = inputs[model.graph.inputs[0].name]
+    else:
+        inputs = feeds.feed(model, ids, "kirinc run")
+        _common.check_vocabulary(model, ids, args.input)
+        names = feeds.decoder_inputs(model)
+        shown = {name: what for name, what in ((names.ids, "token ids"), (names.mask, "attention mask of ones"),
+                                               (names.positions, "position ids")) if name is not None}
     module = torch_backend.lower(model, args.mode)
     with _common.failing_on(args.model, args.input, ids):
         outputs = torch_backend.run(module, model, inputs)
-    names = feeds.decoder_inputs(model)
-    for name, what in ((names.ids, "token ids"), (names.mask, "attention mask of ones"),
-                       (names.positions, "position ids")):
-        if name is not None:
-            print(f"input       {name}: {list(inputs[name].shape)} {what}")
+    for name, what in shown.items():
+        print(f"input       {name}: {list(inputs[name].shape)} {what}")
     for value, array in zip(model.graph.outputs, outputs):
         print(
             f"output      {value.name}: {array.dtype}{list(array.shape)}  min {array.min():.4g}  "
@@ -54,27 +63,20 @@ def main(argv: Sequence[str]) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = _common.ArgumentParser(
-        prog="kirinc run",
-        description="Run a model on the torch backend and print (or save) its outputs.",
-        epilog="examples:\n  kirinc run model.kirin --input ids.npy\n"
-        "  kirinc run model.kirin --input prompt.txt --tokenizer tokenizer/ --save logits.npy",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _common.model_command(
+        "kirinc run", "Run a model on the torch backend and print (or save) its outputs.",
+        ["kirinc run model.kirin --input ids.npy",
+         "kirinc run model.kirin --input prompt.txt --tokenizer tokenizer/ --save logits.npy"],
     )
-    parser.add_argument("model", metavar="MODEL", help="ONNX or .kirin file")
     parser.add_argument(
         "--input", required=True, metavar="FILE",
-        help="token ids as .npy (shape [sequence] or [batch, sequence]), or a text file to "
-        "tokenize with --tokenizer",
+        help="token ids as .npy (shape [sequence] or [batch, sequence]), a text file to "
+        "tokenize with --tokenizer, or every input of the model by name as .npz",
     )
     parser.add_argument(
         "--tokenizer", metavar="DIR", help="folder with a tokenizer.json, for text input"
     )
-    parser.add_argument(
-        "--mode", choices=["float", "qann", "snn"], default="float",
-        help="execution mode: float (activations unquantized), qann (the integer reference) or "
-        "snn (time-stepped spikes) (default: %(default)s)",
-    )
+    _common.add_mode_argument(parser)
     parser.add_argument(
         "--save", metavar="OUT", help="save the outputs: .npy for the first output, .npz for all"
     )
