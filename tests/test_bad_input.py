@@ -576,6 +576,10 @@ CASES += [
                                                               "--no-calib-cache"], "the model does not run",
          _edited(lambda m: m.graph.initializer[0].CopyFrom(onh.from_array(
              onh.to_array(m.graph.initializer[0]).reshape(-1), m.graph.initializer[0].name)))),
+    Case("inputs by name where token ids are read", lambda f: ["verify", f / "model.kirin", "--input", f / "in.npz"],
+         "only kirinc run takes every input by name", lambda f: np.savez(f / "in.npz", input_ids=np.arange(4))),
+    Case("an .npz of one array for run", lambda f: ["run", f / M, "--input", f / "one.npz"], "lacks input_ids",
+         lambda f: np.savez(f / "one.npz", np.arange(4))),
     Case("a text with no tokens", lambda f: ["run", f / M, "--input", f / "empty.txt", "--tokenizer", f / "tok"],
          "tokenizes to no tokens", lambda f: (f / "empty.txt").write_text("")),
     Case("a text without --tokenizer", lambda f: ["run", f / M, "--input", f / "text.txt"], "give --tokenizer DIR"),

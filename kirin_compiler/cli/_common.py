@@ -156,6 +156,9 @@ def token_ids(path: pathlib.Path, tokenizer: tokenizers.Tokenizer | None) -> np.
     if not path.is_file():
         raise KirinError(f"input file '{path}' does not exist" if not path.exists() else
                          f"input '{path}' is not a regular file; give a file of token ids (.npy) or text")
+    if path.suffix == ".npz":
+        raise KirinError(f"'{path}' is an .npz archive: only kirinc run takes every input by name "
+                         "(--input FILE.npz); give token ids as .npy, or text")
     files.read(path, "the token ids" if path.suffix == ".npy" else "the text")
     if path.suffix == ".npy":
         try:
