@@ -71,15 +71,16 @@ def evaluate(
 ) -> list[Score]:
     """Scores ``model`` in each of ``modes`` on every window (token ids ``[1, L]``, with the
     model's other inputs as `feeds.feed` gives them); one `Score` per mode, in the order given."""
+    names = feeds.decoder_inputs(model)
     modules = {mode: executor.lower(model, mode) for mode in modes}
     nll = dict.fromkeys(modes, 0.0)
     tokens = differing = 0
     compare = "qann" in modes and "snn" in modes
     bar = tqdm.tqdm(windows, desc=f"eval {label}".strip(), unit="window", disable=not progress)
     for window in bar:
-        logits = {}
+        logits, inputs = {}, names.feed(model, window)
         for mode in modes:
-            logits[mode] = executor.run(modules[mode], model, feeds.feed(model, window))[0][0]
+            logits[mode] = executor.run(modules[mode], model, inputs)[0][0]
             window_nll, count = negative_log_likelihood(logits[mode], window[0])
             nll[mode] += window_nll
         tokens += count  # the same in every mode

@@ -32,6 +32,22 @@ class DecoderInputs:
     mask: str | None = None
     positions: str | None = None
 
+    def feed(self, model: ir.Model, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Every input of ``model`` for a run on token ids ``[batch, sequence]``."""
+        values = {value.name: value for value in model.graph.inputs}
+        result = {self.ids: ids.astype(_numpy(values[self.ids]))}
+        if self.mask is not None:
+            result[self.mask] = np.ones(ids.shape, dtype=_numpy(values[self.mask]))
+        if self.positions is not None:
+            positions = np.broadcast_to(np.arange(ids.shape[-1]), ids.shape)
+            result[self.positions] = positions.astype(_numpy(values[self.positions]))
+        return result
+
+    def vocabulary(self, model: ir.Model) -> int | None:
+        """The rows of the smallest table the token ids index (None: they index none)."""
+        tokens = next(value for value in model.graph.inputs if value.name == self.ids)
+        return min(_tables_indexed_by(tokens), default=None)
+
 
 def decoder_inputs(model: ir.Model, what: str = "kirinc") -> DecoderInputs:
     """Which of ``model``'s inputs are the token ids, the attention mask and the position ids;
@@ -59,16 +75,9 @@ def decoder_inputs(model: ir.Model, what: str = "kirinc") -> DecoderInputs:
 
 
 def feed(model: ir.Model, ids: np.ndarray, what: str = "kirinc") -> dict[str, np.ndarray]:
-    """Every input of ``model`` for a run on token ids ``[batch, sequence]``."""
-    names = decoder_inputs(model, what)
-    values = {value.name: value for value in model.graph.inputs}
-    result = {names.ids: ids.astype(_numpy(values[names.ids]))}
-    if names.mask is not None:
-        result[names.mask] = np.ones(ids.shape, dtype=_numpy(values[names.mask]))
-    if names.positions is not None:
-        positions = np.broadcast_to(np.arange(ids.shape[-1]), ids.shape)
-        result[names.positions] = positions.astype(_numpy(values[names.positions]))
-    return result
+    """Every input of ``model`` for a run on token ids ``[batch, sequence]`` (`DecoderInputs.feed`;
+    a loop over many runs finds the inputs once, with `decoder_inputs`)."""
+    return decoder_inputs(model, what).feed(model, ids)
 
 
 def named(model: ir.Model, arrays: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:

@@ -77,7 +77,7 @@ def _validate(model: ir.Model) -> None:
             _check_node(node, quantize)
         except _Damaged as error:
             raise _Damaged(f"{where}: {error}") from None
-    _check_record(model, kirin_nodes)
+    _check_record(model, nodes, kirin_nodes)
 
 
 # -- nodes -------------------------------------------------------------------------------------
@@ -190,9 +190,9 @@ def _check_product(node: ir.Node, a: dict, quantize: dict[str, Any]) -> None:
         (r, "block sub-scales", ir.DataType.UINT8, [(blocks, width)] if group else []),
         (z, "block offsets", ir.DataType.INT16, [(blocks, width)]),
     ):
-        tensor = _const(node, index)
         if _input(node, index) is None:
             continue
+        tensor = _const(node, index)
         if tensor is None or tensor.dtype != dtype or tuple(tensor.shape) not in shapes:
             expected = " or ".join(f"{dtype.name}{list(s)}" for s in shapes) or "absent (group=0)"
             raise _Damaged(f"input {index} ({what}) holds {_type(tensor)}; it must be {expected}")
@@ -306,7 +306,7 @@ def _record(model: ir.Model) -> list[tuple[str, dict[str, str]]]:
         raise _Damaged(f"the metadata {KEY_PIPELINE} is not a pipeline ({error})") from None
 
 
-def _check_record(model: ir.Model, kirin_nodes: list[ir.Node]) -> None:
+def _check_record(model: ir.Model, nodes: list[ir.Node], kirin_nodes: list[ir.Node]) -> None:
     """Every op's pass is recorded, before the passes that build on it; every recorded pass
     left what it always leaves."""
     names = [name for name, _ in _record(model)]
@@ -315,7 +315,7 @@ def _check_record(model: ir.Model, kirin_nodes: list[ir.Node]) -> None:
         needed.setdefault(INTRODUCED_BY[node.op_type], f"node '{node.name}' ({node.op_type}) is made by")
         if node.op_type in (ACT_QUANT, TTFS_ENCODER) and "outliers" in node.attributes:
             needed.setdefault("outlier-detect", f"node '{node.name}' ({node.op_type}) is calibrated by")
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+    for node in nodes:
         if KEY_OPS in node.metadata_props:
             needed.setdefault("energy-annotate", f"node '{node.name}''s {KEY_OPS} is written by")
     if KEY_TIMESTEPS in model.metadata_props:
@@ -333,7 +333,6 @@ def _check_record(model: ir.Model, kirin_nodes: list[ir.Node]) -> None:
     if first != sorted(first):
         raise _Damaged(f"the metadata {KEY_PIPELINE} records {', '.join(order)} out of order "
                        f"('{','.join(names)}')")
-    nodes = list(ir.traversal.RecursiveGraphIterator(model.graph))
     left = {
         "spike-matrix-hybridize": [n for n in nodes if is_kirin(n, QMATMUL)],
         "threshold-insert": [n for n in nodes if is_kirin(n, ACT_QUANT) and _spikes_feed(n)],

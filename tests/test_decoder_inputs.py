@@ -93,3 +93,11 @@ def test_run_takes_every_input_by_name_from_an_npz(tmp_path, capsys):
         assert main(["run", str(path), "--input", str(tmp_path / f"{name}.npz")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+
+
+def test_ids_past_the_vocabulary_are_named_where_the_embedding_reads_them_through_a_reshape(tmp_path, capsys):
+    path = export_file("opt", "dynamo", 18, tmp_path, MASK)  # OPT reshapes its ids before the Gather
+    np.save(tmp_path / "big.npy", np.array([[1, 2, 500]]))
+    assert main(["run", str(path), "--input", str(tmp_path / "big.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the token id 500 (at [0, 2]), past the model's vocabulary of 128" in err

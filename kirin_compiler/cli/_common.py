@@ -72,7 +72,7 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
 
 def calibration_feeds(args: argparse.Namespace, model: ir.Model) -> tuple[list, str]:
     """The calibration windows of ``--calib`` as feeds, and their provenance."""
-    feeds.decoder_inputs(model, "--calib")  # inputs it can feed, before any work
+    names = feeds.decoder_inputs(model, "--calib")  # inputs it can feed, before any work
     require_at_least(args, 1, "calib_length", "calib_windows")
     ids = token_ids(pathlib.Path(args.calib), load_tokenizer(args.tokenizer))
     check_vocabulary(model, ids, args.calib)
@@ -82,7 +82,7 @@ def calibration_feeds(args: argparse.Namespace, model: ir.Model) -> tuple[list, 
     source = {"file": str(args.calib), "length": length, "windows": len(windows)}
     if args.tokenizer:
         source["tokenizer"] = str(args.tokenizer)
-    return [feeds.feed(model, w) for w in windows], json.dumps(source, sort_keys=True)
+    return [names.feed(model, w) for w in windows], json.dumps(source, sort_keys=True)
 
 
 def require_at_least(args: argparse.Namespace, least: int, *options: str) -> None:
@@ -108,20 +108,14 @@ def failing_on(model: str, inputs: str, ids: np.ndarray):
 
 def check_vocabulary(model: ir.Model, ids: np.ndarray, source: str) -> None:
     """Refuses token ids past the model's vocabulary (the rows of the embedding tables that
-    look its input up), naming the first one, before anything runs."""
-    name = feeds.decoder_inputs(model).ids
-    tokens = next(value for value in model.graph.inputs if value.name == name)
-    rows = [
-        user.inputs[0].const_value.shape[0]
-        for user, index in tokens.uses()
-        if user.op_type == "Gather" and index == 1 and user.inputs[0].const_value is not None
-        and user.inputs[0].const_value.shape
-    ]
-    if rows and ids.max() >= min(rows):
-        place = [int(i) for i in np.argwhere(ids >= min(rows))[0]]
+    look its token ids up, `feeds.DecoderInputs.vocabulary`), naming the first one, before
+    anything runs."""
+    vocabulary = feeds.decoder_inputs(model).vocabulary(model)
+    if vocabulary is not None and ids.max() >= vocabulary:
+        place = [int(i) for i in np.argwhere(ids >= vocabulary)[0]]
         raise KirinError(
             f"'{source}' holds the token id {ids[tuple(place)]} (at "
-            f"{place}), past the model's vocabulary of {min(rows)} tokens; use the model's tokenizer"
+            f"{place}), past the model's vocabulary of {vocabulary} tokens; use the model's tokenizer"
         )
 
 

@@ -26,7 +26,7 @@ def main(argv: Sequence[str]) -> int:
     _common.require_at_least(args, 1, "max_new_tokens")
     tokenizer = _common.load_tokenizer(args.tokenizer)
     model = load_model(args.model)
-    feeds.decoder_inputs(model, "kirinc generate")
+    names = feeds.decoder_inputs(model, "kirinc generate")
     prompt = tokenizer.encode(args.prompt, add_special_tokens=False).ids
     if not prompt:
         raise KirinError(f"--prompt {args.prompt!r} tokenizes to no tokens; give some text")
@@ -39,7 +39,7 @@ def main(argv: Sequence[str]) -> int:
     new: list[int] = []
     with _common.failing_on(args.model, "--prompt", ids):
         for _ in range(args.max_new_tokens):
-            logits = torch_backend.run(module, model, feeds.feed(model, ids))[0]
+            logits = torch_backend.run(module, model, names.feed(model, ids))[0]
             token = int(logits[0, -1].argmax())
             new.append(token)
             ids = np.concatenate([ids, [[token]]], axis=1)

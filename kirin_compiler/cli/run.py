@@ -36,9 +36,9 @@ def main(argv: Sequence[str]) -> int:
         shown = {name: f"{array.dtype}, as given" for name, array in inputs.items()}
         ids = inputs[model.graph.inputs[0].name]
     else:
-        inputs = feeds.feed(model, ids, "kirinc run")
+        names = feeds.decoder_inputs(model, "kirinc run")
+        inputs = names.feed(model, ids)
         _common.check_vocabulary(model, ids, args.input)
-        names = feeds.decoder_inputs(model)
         shown = {name: what for name, what in ((names.ids, "token ids"), (names.mask, "attention mask of ones"),
                                                (names.positions, "position ids")) if name is not None}
     module = torch_backend.lower(model, args.mode)

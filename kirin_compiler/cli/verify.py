@@ -21,7 +21,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     model = load_model(args.model)
     equivalence.require_spiking(model)
-    feeds.decoder_inputs(model, "kirinc verify")  # inputs it can feed, before any work
+    names = feeds.decoder_inputs(model, "kirinc verify")  # inputs it can feed, before any work
     recorded = None
     if args.input is None:  # the calibration inputs, as compiled, unless the user says otherwise
         recorded = _recorded_calibration(model, args.model)
@@ -35,12 +35,12 @@ def main(argv: Sequence[str]) -> int:
     _common.check_vocabulary(model, ids, args.input)
     if recorded is not None:  # the file must still hold the windows the model was compiled with
         compiled = calibration.windows(ids, recorded["length"], recorded["windows"])
-        if calibration.Calibration([feeds.feed(model, w) for w in compiled], "").digest() != recorded["sha256"]:
+        if calibration.Calibration([names.feed(model, w) for w in compiled], "").digest() != recorded["sha256"]:
             raise KirinError(
                 f"the calibration file '{args.input}' changed since '{args.model}' was compiled: "
                 "give --input FILE"
             )
-    runs = [feeds.feed(model, w) for w in calibration.windows(ids, args.length, args.windows)]
+    runs = [names.feed(model, w) for w in calibration.windows(ids, args.length, args.windows)]
     print(f"kirinc: verifying {args.model} on {len(runs)} window(s) of {args.input}", file=sys.stderr)
     with _common.failing_on(args.model, args.input, ids):
         report = equivalence.check(model, runs, progress=sys.stderr.isatty())
