@@ -3,7 +3,8 @@
 For every input, the model runs twice: in the qann mode (integer reference), recording every
 integer it computes (codes, outlier codes, accumulators ``V`` and ``U``), then in the snn mode
 (time-stepped spikes), whose integers are compared with the recorded ones as they are made, so
-memory holds one run's integers at a time. The graph outputs are compared bit for bit. The
+memory holds one run's integers at a time. The graph outputs are compared bit for bit. A model
+with a KV cache is also checked on decode steps, one token a run on the cache of the run before. The
 report counts, per decoder layer, the spikes, the silent neurons, the work, the integers
 compared and the mismatches, and adds the time steps of `accounting.timesteps`.
 """
@@ -12,14 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx_ir as ir
 import torch
 import tqdm
 
-from kirin_compiler import accounting, roles
+from kirin_compiler import accounting, feeds, roles
 from kirin_compiler.backends.torch_kirin import Probe
 from kirin_compiler.errors import KirinError
 from kirin_compiler.instruments import format_table
@@ -52,6 +53,7 @@ class Report:
     output_mismatches: int
     timesteps: accounting.TimeSteps
     runs: int
+    decode_steps: int = 0  # of the runs, those that were one token on a KV cache
 
     @property
     def ok(self) -> bool:
@@ -99,29 +101,48 @@ class Report:
                 "mismatched nodes: " + ", ".join(f"{n} ({c:,})" for n, c in first)
                 + (f" and {more} more" if more else "")
             )
-        lines.append(f"{verdict} ({self.runs} run{'s' if self.runs != 1 else ''})")
+        steps = f", {self.decode_steps} of them decode steps" if self.decode_steps else ""
+        lines.append(f"{verdict} ({self.runs} run{'s' if self.runs != 1 else ''}{steps})")
         return "\n".join(lines) + "\n"
 
 
 def check(
-    model: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]], progress: bool = True
+    model: ir.Model,
+    windows: Sequence[np.ndarray],
+    names: feeds.DecoderInputs,
+    decode_steps: int = 0,
+    progress: bool = True,
 ) -> Report:
-    """Runs ``model`` in the qann and snn modes on every feed and compares them."""
+    """Runs ``model`` in the qann and snn modes on every window of token ids and compares them.
+
+    With ``decode_steps`` (a model with a KV cache), the last ``decode_steps`` tokens of each
+    window are decode steps: one token a run, after a first run on the tokens before them. Both
+    modes get the cache the qann mode returned, so every step is compared on the same input (the
+    snn mode's cache is compared as an output of the run before)."""
     from kirin_compiler.backends import torch_backend
 
     require_spiking(model)
     recorder, comparer = _Recorder(), _Comparer()
     qann = torch_backend.lower(model, "qann", recorder)
     snn = torch_backend.lower(model, "snn", comparer)
-    compared = mismatched = 0
-    for feed in tqdm.tqdm(feeds, desc="verify", unit="run", disable=not progress):
-        expected = torch_backend.run(qann, model, feed)
-        comparer.reference = recorder.take()
-        actual = torch_backend.run(snn, model, feed)
-        comparer.finish_run()
-        for a, b in zip(expected, actual):
-            compared += a.size
-            mismatched += bitwise_differences(a, b)
+    compared = mismatched = runs = 0
+    bar = tqdm.tqdm(total=len(windows) * (1 + decode_steps), desc="verify", unit="run", disable=not progress)
+    for window in windows:
+        first = window.shape[1] - decode_steps
+        cache = None
+        for start, stop in [(0, first), *((t, t + 1) for t in range(first, window.shape[1]))]:
+            feed = names.feed(model, window[:, start:stop], cache)
+            expected = torch_backend.run(qann, model, feed)
+            comparer.reference = recorder.take()
+            actual = torch_backend.run(snn, model, feed)
+            comparer.finish_run()
+            for a, b in zip(expected, actual):
+                compared += a.size
+                mismatched += bitwise_differences(a, b)
+            cache = names.next_cache(model, expected)
+            runs += 1
+            bar.update()
+    bar.close()
     return Report(
         layers=_layers(model.graph, comparer),
         mismatched_nodes={
@@ -130,7 +151,8 @@ def check(
         outputs_compared=compared,
         output_mismatches=mismatched,
         timesteps=accounting.timesteps(model.graph),
-        runs=len(feeds),
+        runs=runs,
+        decode_steps=len(windows) * decode_steps,
     )
 
 

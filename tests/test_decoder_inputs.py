@@ -1,11 +1,12 @@
-"""Exports that take more than token ids (an attention mask, position ids) compile, verify and
-run from token ids alone: kirinc gives the other inputs their natural values (`feeds`)."""
+"""Exports that take more than token ids (an attention mask, position ids, a KV cache) compile,
+verify and run from token ids alone: kirinc gives the other inputs their natural values
+(`feeds`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import export_file, token_ids
+from conftest import CACHE, export_file, token_ids
 
 from kirin_compiler import feeds, load_model
 from kirin_compiler.backends import onnxruntime as ort_backend
@@ -14,16 +15,7 @@ from kirin_compiler.cli import main
 
 MASK = ("input_ids", "attention_mask")
 POSITIONS = (*MASK, "position_ids")
-CASES = [
-    *[(family, exporter, inputs) for family in ("llama", "opt") for exporter in ("dynamo", "torchscript")
-      for inputs in (MASK, POSITIONS)],
-    ("qwen2", "dynamo", POSITIONS),
-    ("gemma", "torchscript", POSITIONS),
-    ("gpt2", "dynamo", POSITIONS),  # attn.c_proj and mlp.c_proj: roles attn-c and mlp-c
-    ("gpt2", "torchscript", MASK),
-]
-
-
+CASES = [("llama", "dynamo", POSITIONS), ("opt", "torchscript", MASK)]  # all families: test_export_matrix.py
 @pytest.mark.parametrize("family,exporter,inputs", CASES,
                          ids=[f"{f}-{e}-{'+'.join(i[1:])}" for f, e, i in CASES])
 def test_an_export_with_a_mask_and_positions_compiles_verifies_and_runs(family, exporter, inputs, tmp_path, capsys):
@@ -101,3 +93,40 @@ def test_ids_past_the_vocabulary_are_named_where_the_embedding_reads_them_throug
     assert main(["run", str(path), "--input", str(tmp_path / "big.npy")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds the token id 500 (at [0, 2]), past the model's vocabulary of 128" in err
+
+
+def test_a_cache_is_found_by_the_concatenation_that_returns_it_and_decode_steps_equal_a_whole_run(tmp_path):
+    path = export_file("llama", "torchscript", 18, tmp_path, ("input_ids", "attention_mask", CACHE))
+    model = load_model(path)
+    names = feeds.decoder_inputs(model)
+    assert [(c.past, c.present, c.axis) for c in names.cache] == [
+        (f"past_key_values.{i}.{kind}", f"present.{i}.{kind}", 2) for i in (0, 1) for kind in ("key", "value")]
+    ids = token_ids((2, 9), seed=6)
+    whole = ort_backend.run(model, names.feed(model, ids))[0]
+    first = names.feed(model, ids[:, :5])
+    assert first["past_key_values.0.key"].shape == (2, 2, 0, 8) and first["attention_mask"].shape == (2, 5)
+    cache = names.next_cache(model, ort_backend.run(model, first))
+    for t in range(5, 9):
+        step = names.feed(model, ids[:, t:t + 1], cache)
+        assert step["attention_mask"].shape == (2, t + 1)
+        outputs = ort_backend.run(model, step)
+        assert np.abs(outputs[0][:, 0] - whole[:, t]).max() <= 1e-5
+        cache = names.next_cache(model, outputs)
+
+
+def test_verify_decode_steps_options(tmp_path, capsys):
+    path = export_file("llama", "torchscript", 18, tmp_path, ("input_ids", "attention_mask", CACHE))
+    np.save(tmp_path / "ids.npy", token_ids((1, 10), seed=4))
+    compiled = tmp_path / "m.kirin"
+    assert main([str(path), "-o", str(compiled), "--calib", str(tmp_path / "ids.npy"), "--no-calib-cache"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(compiled), "--decode-steps", "9"]) == 0
+    assert "(10 runs, 9 of them decode steps)" in capsys.readouterr().out
+    for steps, message in (("10", "--decode-steps 10: give 0 to 9"), ("-1", "--decode-steps -1: give 0 to 9")):
+        assert main(["verify", str(compiled), "--decode-steps", steps]) == 2
+        assert message in capsys.readouterr().err
+    plain = export_file("llama", "torchscript", 18, tmp_path)
+    assert main([str(plain), "-o", str(tmp_path / "p.kirin"), "--calib", str(tmp_path / "ids.npy"), "--no-calib-cache"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "p.kirin"), "--decode-steps", "2"]) == 2
+    assert "has no KV cache to step on" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """``kirinc generate MODEL --prompt TEXT --tokenizer DIR``: greedy generation on the torch backend.
 
-Each new token is the argmax of the logits at the last position; the whole sequence is run again
-for every token (the model's own inputs, a mask and position ids included, come from `feeds`).
-Tokens are printed as they come; the speed goes to stderr at the end.
+Each new token is the argmax of the logits at the last position. A model with a KV cache runs the
+prompt once and then one token a step on the cache it returns; a model without one runs the whole
+sequence again for every token (the model's own inputs, a mask, position ids and the cache
+included, come from `feeds`). Tokens are printed as they come; the speed goes to stderr at the end.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ from kirin_compiler import feeds
 from kirin_compiler.backends import torch_backend
 from kirin_compiler.cli import _common
 from kirin_compiler.errors import KirinError
-from kirin_compiler.format import load_model
 
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     _common.require_at_least(args, 1, "max_new_tokens")
     tokenizer = _common.load_tokenizer(args.tokenizer)
-    model = load_model(args.model)
+    model = _common.load_runnable(args.model)
     names = feeds.decoder_inputs(model, "kirinc generate")
     prompt = tokenizer.encode(args.prompt, add_special_tokens=False).ids
     if not prompt:
@@ -37,19 +37,25 @@ def main(argv: Sequence[str]) -> int:
     print(shown, end="", flush=True)
     start = time.perf_counter()
     new: list[int] = []
+    step, cache = ids, None  # the tokens of the next run, and the cache it runs on
     with _common.failing_on(args.model, "--prompt", ids):
         for _ in range(args.max_new_tokens):
-            logits = torch_backend.run(module, model, names.feed(model, ids))[0]
-            token = int(logits[0, -1].argmax())
+            outputs = torch_backend.run(module, model, names.feed(model, step, cache))
+            token = int(outputs[0][0, -1].argmax())
             new.append(token)
             ids = np.concatenate([ids, [[token]]], axis=1)
+            if names.cache:
+                step, cache = ids[:, -1:], names.next_cache(model, outputs)
+            else:
+                step = ids
             text = tokenizer.decode(prompt + new)  # whole: a token may end a multi-byte character
             print(text[len(shown):], end="", flush=True)
             shown = text
     seconds = time.perf_counter() - start
+    how = "one token a step on the KV cache" if names.cache else "the whole sequence run for each token"
     print()
     print(f"kirinc: {len(new)} tokens in {seconds:.2f} s ({len(new) / seconds:.1f} tokens/s, "
-          f"{args.mode} mode, the whole sequence run for each token); ids {new}", file=sys.stderr)
+          f"{args.mode} mode, {how}); ids {new}", file=sys.stderr)
     return 0
 
 

@@ -40,10 +40,12 @@ def main(argv: Sequence[str]) -> int:
                 f"the calibration file '{args.input}' changed since '{args.model}' was compiled: "
                 "give --input FILE"
             )
-    runs = [names.feed(model, w) for w in calibration.windows(ids, args.length, args.windows)]
-    print(f"kirinc: verifying {args.model} on {len(runs)} window(s) of {args.input}", file=sys.stderr)
+    steps = _decode_steps(args, names)
+    windows = calibration.windows(ids, args.length, args.windows)
+    print(f"kirinc: verifying {args.model} on {len(windows)} window(s) of {args.input}"
+          + (f", the last {steps} tokens of each as decode steps" if steps else ""), file=sys.stderr)
     with _common.failing_on(args.model, args.input, ids):
-        report = equivalence.check(model, runs, progress=sys.stderr.isatty())
+        report = equivalence.check(model, windows, names, steps, progress=sys.stderr.isatty())
     print(report.table())
     print(report.summary(), end="")
     return 0 if report.ok else 1
@@ -72,7 +74,24 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--windows", type=int, metavar="N",
                         help="number of windows to run, the first ones (default: the "
                         "calibration's, or 1 with --input)")
+    parser.add_argument("--decode-steps", type=int, metavar="N",
+                        help="for a model with a KV cache: run the last N tokens of each window one "
+                        f"at a time on the cache (default: {DECODE_STEPS}, or fewer in a short window)")
     return parser
+
+
+DECODE_STEPS = 4
+
+
+def _decode_steps(args: argparse.Namespace, names: feeds.DecoderInputs) -> int:
+    if args.decode_steps is None:
+        return min(DECODE_STEPS, args.length - 1) if names.cache else 0
+    if args.decode_steps and not names.cache:
+        raise KirinError(f"--decode-steps {args.decode_steps}: '{args.model}' has no KV cache to step on")
+    if not 0 <= args.decode_steps < args.length:
+        raise KirinError(f"--decode-steps {args.decode_steps}: give 0 to {args.length - 1} (fewer "
+                         f"than the {args.length} tokens of a window)")
+    return args.decode_steps
 
 
 def _recorded_calibration(model: ir.Model, path: str) -> dict:
