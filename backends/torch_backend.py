@@ -36,7 +36,7 @@ from kirin_compiler import arithmetic as ka
 from kirin_compiler.backends import torch_fusion, torch_kirin
 from kirin_compiler.backends.torch_kirin import MODES, Mode, Probe
 from kirin_compiler.backends.torch_ops import OPS
-from kirin_compiler.backends.torch_ops._table import shared_tensor, supported_dtypes
+from kirin_compiler.backends.torch_ops._table import as_array, as_tensor, shared_tensor, supported_dtypes
 from kirin_compiler.errors import KirinError, UnsupportedOpError
 from kirin_compiler.kirin_ops import (
     ACT_QUANT,
@@ -53,6 +53,9 @@ from kirin_compiler.kirin_ops import (
 # Integer constants up to this many elements are written into the code where an op reads an
 # integer list (shapes, axes); larger ones stay buffers.
 _INLINE_MAX_ELEMENTS = 16
+
+
+_FOUR_BIT = {ir.DataType.INT4: np.int8, ir.DataType.UINT4: np.uint8}
 
 
 def lower(
@@ -82,8 +85,8 @@ def run(
     if missing:
         raise KeyError(f"missing inputs: {', '.join(missing)}")
     with torch.inference_mode():  # forward, not __call__: torch.fx prints a failing line to stderr
-        outputs = module.forward(*(torch.from_numpy(np.asarray(feeds[name])) for name in names))
-    return [output.numpy() for output in outputs]
+        outputs = module.forward(*(as_tensor(np.asarray(feeds[name])) for name in names))
+    return [as_array(output) for output in outputs]
 
 
 class _Lowering:
@@ -290,6 +293,8 @@ class _Lowering:
         if tensor is None:
             raise UnsupportedOpError(value.name, "value", "is used before it is defined")
         array = tensor.numpy()
+        if tensor.dtype in _FOUR_BIT:  # torch has no 4-bit type: the codes as bytes (QDQ weights)
+            array = array.astype(_FOUR_BIT[tensor.dtype])
         if static and array.dtype.kind in "iu" and array.size <= _INLINE_MAX_ELEMENTS:
             return [int(v) for v in array.reshape(-1)]
         return self._buffer(value.name, array, cache_for=value)

@@ -718,22 +718,71 @@ def quantize_weight(
         better = candidate.error < best.error
         best = _Grid(*(torch.where(better, new, old) for new, old in zip(candidate, best)))
     step, offset = best.step, best.offset  # [G, 1, N]
-    if group:
-        scale = step.amax(dim=0) / (2**subscale_bits - 1)
-        if asymmetric:
-            scale = torch.maximum(scale, offset.abs().amax(dim=0) / OFFSET_MAX)
-        scale = guard(scale)
-        block_scale = round_half_away(step / scale).clamp_(0, 2**subscale_bits - 1)
-    else:
-        scale, block_scale = guard(step[0]), None
-    block_offset = round_half_away(offset / scale).clamp_(-OFFSET_MAX, OFFSET_MAX) if asymmetric else None
+    scale, block_scale, block_offset = _integer_grid(step, offset if asymmetric else None, group, subscale_bits)
     target = blocks / scale - (0.0 if block_offset is None else block_offset)
     if block_scale is None:
         codes = quantize(target, torch.ones(()), lo, hi)
     else:  # a block of step 0 (one value) keeps codes 0: its value is the offset
         codes = quantize(target, guard(block_scale), lo, hi).masked_fill_(block_scale == 0, 0.0)
+    return _weight_codes(codes.reshape(k, n), scale, block_scale, block_offset)
+
+
+def dequantize(
+    codes: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int = 1, block_size: int = 0
+) -> np.ndarray:
+    """ONNX ``DequantizeLinear``: ``(codes - zero_point) * scale`` in the scale's type, the scale
+    per tensor, per ``axis`` or per block of ``block_size`` along it (as onnxruntime computes it:
+    the integers subtracted exactly, one product)."""
+    codes = np.asarray(codes).astype(np.int32)
+    zero = np.zeros((), np.int32) if zero_point is None else np.asarray(zero_point).astype(np.int32)
+    scale = np.asarray(scale)
+    if scale.ndim and codes.ndim:
+        axis = axis % codes.ndim
+        if block_size:
+            scale, zero = (np.repeat(t, block_size, axis=axis).take(range(codes.shape[axis]), axis=axis)
+                           if t.ndim else t for t in (scale, zero))
+        else:
+            shape = [1] * codes.ndim
+            shape[axis] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.ndim else zero
+    return ((codes - zero).astype(scale.dtype) * scale).astype(scale.dtype)
+
+
+def adopt_weight_codes(
+    codes: np.ndarray, step: np.ndarray, offset: np.ndarray, group: int, subscale_bits: int = 8
+) -> WeightCodes:
+    """A weight that comes as 4-bit codes, ``W = step * codes + offset`` per block of ``group``
+    input rows (``codes`` int8 ``[K, N]`` in `weight_code_range` (4, asymmetric), ``step`` and
+    ``offset`` ``[K/group, N]``; a 4-bit QDQ or MatMulNBits weight), on the integer grid of
+    `quantize_weight`'s step 2 with its codes kept: only the float steps and offsets are rounded,
+    to the integer sub-scales and offsets of one scale per channel."""
+    k, n = codes.shape
+    step_ = torch.from_numpy(np.asarray(step, dtype=np.float32)).reshape(-1, 1, n)
+    offset_ = torch.from_numpy(np.asarray(offset, dtype=np.float32)).reshape(-1, 1, n)
+    scale, block_scale, block_offset = _integer_grid(step_, offset_, group, subscale_bits)
+    return _weight_codes(torch.from_numpy(codes.astype(np.int8)), scale, block_scale, block_offset)
+
+
+def _integer_grid(step: torch.Tensor, offset: torch.Tensor | None, group: int, subscale_bits: int):
+    """One scale per channel, ``s = max_b d / (2^subscale_bits - 1)`` (and at least ``max_b |o| /
+    OFFSET_MAX``), an integer sub-scale ``r = R(d / s)`` and offset ``z = R(o / s)`` per block
+    (``offset`` None: symmetric, no offsets; ``group`` 0: one block, ``s = d``, no sub-scales)."""
+    if group:
+        scale = step.amax(dim=0) / (2**subscale_bits - 1)
+        if offset is not None:
+            scale = torch.maximum(scale, offset.abs().amax(dim=0) / OFFSET_MAX)
+        scale = guard(scale)
+        block_scale = round_half_away(step / scale).clamp_(0, 2**subscale_bits - 1)
+    else:
+        scale, block_scale = guard(step[0]), None
+    block_offset = None if offset is None else round_half_away(offset / scale).clamp_(-OFFSET_MAX, OFFSET_MAX)
+    return scale, block_scale, block_offset
+
+
+def _weight_codes(codes: torch.Tensor, scale, block_scale, block_offset) -> WeightCodes:
+    n = codes.shape[1]
     return WeightCodes(
-        codes.reshape(k, n).to(torch.int8).numpy(),
+        codes.to(torch.int8).numpy(),
         scale.reshape(n).numpy(),
         None if block_scale is None else block_scale.squeeze(1).to(torch.uint8).numpy(),
         None if block_offset is None else block_offset.squeeze(1).to(torch.int16).numpy(),

@@ -173,6 +173,7 @@ class _StatsProbe(Probe):
         self.errors: dict[str, torch.Tensor] = {}
 
     def observe(self, node: str, x: torch.Tensor, axis: int) -> None:
+        x = x.float()  # the statistics of a float16 or bfloat16 model's activations in float32
         if node in self.searches:
             errors = _clip_errors(x, self.searches[node])
             self.errors[node] = errors + self.errors[node] if node in self.errors else errors

@@ -63,11 +63,27 @@ def layer(node: ir.Node) -> int | None:
 
 
 def is_linear(node: ir.Node) -> bool:
-    """``MatMul(x, W)`` with a constant two-dimensional ``W``: a linear projection."""
+    """``MatMul(x, W)`` with a constant two-dimensional ``W``, or one that dequantizes constant
+    4-bit codes (`dequantized`): a linear projection."""
     if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
         return False
     weight = node.inputs[1]
-    return weight is not None and weight.const_value is not None and len(weight.shape or ()) == 2
+    if weight is None:
+        return False
+    source = dequantized(weight)
+    if source is None:
+        return weight.const_value is not None and len(weight.shape or ()) == 2
+    return len(source.inputs[0].const_value.shape) == 2
+
+
+def dequantized(value: ir.Value) -> ir.Node | None:
+    """The ``DequantizeLinear`` of constant codes, scales and zero points that makes ``value``
+    (a weight canonicalize kept as its 4-bit codes), if that is what makes it."""
+    producer = value.producer()
+    if producer is None or producer.op_type != "DequantizeLinear" or producer.domain not in ("", "ai.onnx"):
+        return None
+    constant = all(v is None or v.const_value is not None for v in producer.inputs)
+    return producer if constant and producer.inputs[0] is not None else None
 
 
 def is_product(node: ir.Node) -> bool:

@@ -7,7 +7,11 @@ Checks, for the main graph and every subgraph:
 2. value names are unique and non-empty;
 3. every graph output is defined;
 4. every node names an operator that exists: a schema of the ONNX standard at the model's opset,
-   an ``ai.kirin`` op, or a model-local function.
+   an ``ai.kirin`` op, an onnxruntime contrib op that ``canonicalize`` decomposes
+   (`kirin_compiler.contrib_ops`), or a model-local function.
+
+An output left out (an optional output written as the empty name, as ONNX allows) defines
+nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import onnx
 import onnx_ir as ir
 
+from kirin_compiler.contrib_ops import is_contrib
 from kirin_compiler.errors import UnsupportedOpError
 from kirin_compiler.kirin_ops import KIRIN_DOMAIN, KIRIN_OPS
 
@@ -64,6 +69,8 @@ def _verify_graph(
                 for subgraph in attr.as_graphs():
                     _verify_graph(subgraph, model, functions, defined)
         for value in node.outputs:
+            if value.name == "" and not value.uses() and not value.is_graph_output():
+                continue  # an optional output left out (SkipLayerNormalization's mean, say)
             define(value, f"node '{node.name}' ({node.op_type})")
     for value in graph.outputs:
         if value not in defined:
@@ -71,7 +78,7 @@ def _verify_graph(
 
 
 def _check_operator(node: ir.Node, model: ir.Model, functions: set) -> None:
-    if node.op_identifier() in functions:
+    if node.op_identifier() in functions or is_contrib(node):
         return
     if node.domain == KIRIN_DOMAIN:
         if node.op_type not in KIRIN_OPS:

@@ -3,23 +3,31 @@
 Rewrite rules, applied in this order:
 
 1. Model-local functions are inlined and ``Constant`` nodes become initializers.
-2. Constant subgraphs are folded (shape arithmetic on static dimensions included), and
+2. Every onnxruntime contrib op of `kirin_compiler.contrib_ops` (RMS and skip normalizations,
+   rotary embeddings, GroupQueryAttention, MultiHeadAttention, FusedMatMul, fused GELUs) is
+   decomposed exactly into standard ops (``passes/_contrib.py``, ``docs/contrib_ops.md``),
+   attention into the two visible products of rule 7; shapes are inferred again, and the
+   ``com.microsoft`` opset import goes once no node uses it.
+3. Constant subgraphs are folded (shape arithmetic on static dimensions included), and
    ``Identity`` nodes and unused nodes are removed.
-3. ``Gemm(A, B, C)`` with a constant ``B`` becomes ``MatMul(A, W) + bias`` with
+4. A ``DequantizeLinear`` of constant codes (a QDQ model's weights) becomes its float constant,
+   computed as onnxruntime does, except where it makes a linear layer's weight ``[K, N]`` from
+   4-bit codes: there it stays, so that ``quantize`` takes the codes as they are.
+5. ``Gemm(A, B, C)`` with a constant ``B`` becomes ``MatMul(A, W) + bias`` with
    ``W = alpha * B`` (transposed when ``transB=1``) and ``bias = beta * C``.
-4. ``MatMul(x, Transpose(W))`` with a constant ``W`` becomes ``MatMul(x, W^T)``, the transposed
+6. ``MatMul(x, Transpose(W))`` with a constant ``W`` becomes ``MatMul(x, W^T)``, the transposed
    weight stored as a new initializer: every linear layer is ``MatMul(x, W[K, N])``.
-5. A fused ``Attention`` (opset 23) is decomposed into ``MatMul(Q, K^T)``, scale, mask,
+7. A fused ``Attention`` (opset 23) is decomposed into ``MatMul(Q, K^T)``, scale, mask,
    softcap, ``Softmax`` and ``MatMul(P, V)``, with grouped-query heads repeated, so that both
    attention products are visible.
-6. Every linear and attention product gets its role and layer (`kirin_compiler.roles`).
-7. Exporter metadata (scopes, stack traces, local paths) is dropped; nodes are sorted
+8. Every linear and attention product gets its role and layer (`kirin_compiler.roles`).
+9. Exporter metadata (scopes, stack traces, local paths) is dropped; nodes are sorted
    topologically and named ``<Op>_<i>``, values ``v<i>``, weights after their role
    (``layers.0.q.weight``), other initializers ``c<i>``; graph inputs and outputs keep their
    names.
 
 Every rule is a deterministic function of the graph (no hashing of object ids, no timing), and
-rule 7 renames everything the earlier rules created, so the same file gives the same canonical
+rule 9 renames everything the earlier rules created, so the same file gives the same canonical
 model byte for byte.
 """
 
@@ -33,9 +41,10 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import onnxscript.optimizer
 
-from kirin_compiler import rewrite, roles
+from kirin_compiler import arithmetic, contrib_ops, rewrite, roles
 from kirin_compiler.errors import UnsupportedOpError
 from kirin_compiler.pass_manager import Pass
+from kirin_compiler.passes import _contrib
 
 _SCOPE_KEY = "namespace"  # the dynamo exporter's module path of each node
 
@@ -54,9 +63,11 @@ class CanonicalizePass(Pass):
             common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         ):
             modified |= step(model).modified
+        modified |= _decompose_contrib_ops(model)
         modified |= onnxscript.optimizer.fold_constants(model).modified
         for step in (common_passes.IdentityEliminationPass(), common_passes.RemoveUnusedNodesPass()):
             modified |= step(model).modified
+        modified |= _fold_dequantized_weights(model.graph)
         scopes = {node: _scope(node) for node in model.graph}
         graph = model.graph
         decomposed = False
@@ -115,7 +126,53 @@ def _replace(graph: ir.Graph, old: ir.Node, tape: ir.tape.Tape, outputs: list[ir
     rewrite.replace(graph, [old], tape.nodes, list(old.outputs), outputs)
 
 
-# Rule 3 -----------------------------------------------------------------------------------------
+# Rule 2 -----------------------------------------------------------------------------------------
+
+
+def _decompose_contrib_ops(model: ir.Model) -> bool:
+    graph = model.graph
+    names = rewrite.Names(graph)  # read once: a large export has hundreds of contrib nodes
+    contrib = [node for node in graph if contrib_ops.is_contrib(node)]
+    for node in contrib:
+        _contrib.decompose(graph, node, names)
+    if not contrib:
+        return False
+    common_passes.ShapeInferencePass()(model)  # the new nodes need types and shapes
+    if not any(n.domain == contrib_ops.MICROSOFT_DOMAIN for n in ir.traversal.RecursiveGraphIterator(graph)):
+        model.opset_imports.pop(contrib_ops.MICROSOFT_DOMAIN, None)
+    return True
+
+
+# Rule 4 -----------------------------------------------------------------------------------------
+
+_FOUR_BIT = (ir.DataType.INT4, ir.DataType.UINT4)
+
+
+def _fold_dequantized_weights(graph: ir.Graph) -> bool:
+    modified = False
+    for node in list(graph):
+        if node.op_type != "DequantizeLinear" or roles.dequantized(node.outputs[0]) is not node:
+            continue
+        if _keeps_codes(node):
+            continue  # quantize takes these codes onto its grid as they are
+        codes, scale, zero = (None if v is None else v.const_value.numpy() for v in [*node.inputs, None][:3])
+        weight = arithmetic.dequantize(codes, scale, zero, node.attributes.get_int("axis", 1),
+                                       node.attributes.get_int("block_size", 0))
+        folded = rewrite.constant(graph, weight, f"{node.name}.dequantized")
+        rewrite.replace(graph, [node], [], list(node.outputs), [folded])
+        modified = True
+    return modified
+
+
+def _keeps_codes(node: ir.Node) -> bool:
+    """4-bit codes ``[K, N]`` read only as the weight of ``MatMul`` products."""
+    codes = node.inputs[0]
+    users = node.outputs[0].uses()
+    return (codes.const_value.dtype in _FOUR_BIT and len(codes.shape or ()) == 2 and bool(users)
+            and all(user.op_type == "MatMul" and index == 1 for user, index in users))
+
+
+# Rule 5 -----------------------------------------------------------------------------------------
 
 
 def _split_gemm(graph: ir.Graph, node: ir.Node, scopes: dict[ir.Node, str]) -> bool:
@@ -150,7 +207,7 @@ def _split_gemm(graph: ir.Graph, node: ir.Node, scopes: dict[ir.Node, str]) -> b
     return True
 
 
-# Rule 4 -----------------------------------------------------------------------------------------
+# Rule 6 -----------------------------------------------------------------------------------------
 
 
 def _fold_weight_transpose(graph: ir.Graph, node: ir.Node) -> bool:
@@ -171,7 +228,7 @@ def _fold_weight_transpose(graph: ir.Graph, node: ir.Node) -> bool:
     return True
 
 
-# Rule 5 -----------------------------------------------------------------------------------------
+# Rule 7 -----------------------------------------------------------------------------------------
 
 
 def _decompose_attention(graph: ir.Graph, node: ir.Node, scopes: dict[ir.Node, str]) -> bool:
@@ -194,7 +251,7 @@ def _decompose_attention(graph: ir.Graph, node: ir.Node, scopes: dict[ir.Node, s
     q_heads = node.attributes.get_int("q_num_heads")
     kv_heads = node.attributes.get_int("kv_num_heads")
     if rank == 4:
-        q_heads, kv_heads = _static_dim(q, 1), _static_dim(k, 1)
+        q_heads, kv_heads = _contrib.static_dim(q, 1), _contrib.static_dim(k, 1)
     sizes = [_head_size(x, heads, rank) for x, heads in ((q, q_heads), (k, kv_heads), (v, kv_heads))]
     if q_heads is None or kv_heads is None or None in sizes or q_heads % kv_heads:
         raise UnsupportedOpError(
@@ -204,80 +261,41 @@ def _decompose_attention(graph: ir.Graph, node: ir.Node, scopes: dict[ir.Node, s
     head_size, key_size, value_size = sizes
     if rank == 3:
         q, k, v = (
-            _split_heads(graph, tape, x, h)
+            _contrib.split_heads(graph, tape, x, h)
             for x, h in ((q, q_heads), (k, kv_heads), (v, kv_heads))
         )
     if q_heads != kv_heads:
-        k = _repeat_heads(graph, tape, k, q_heads // kv_heads, q_heads, key_size)
-        v = _repeat_heads(graph, tape, v, q_heads // kv_heads, q_heads, value_size)
+        k = _contrib.repeat_heads(graph, tape, k, q_heads // kv_heads, q_heads, key_size)
+        v = _contrib.repeat_heads(graph, tape, v, q_heads // kv_heads, q_heads, value_size)
     scale = node.attributes.get_float("scale", 1.0 / math.sqrt(head_size))
-
-    key_t = tape.op("Transpose", [k], {"perm": [0, 1, 3, 2]})
-    scores = tape.op("MatMul", [q, key_t])
-    scores = tape.op("Mul", [scores, rewrite.constant(graph, np.asarray(scale, np.float32), "scale")])
-    softcap = node.attributes.get_float("softcap", 0.0)
-    if softcap > 0:
-        cap = rewrite.constant(graph, np.asarray(softcap, np.float32), "softcap")
-        scores = tape.op("Mul", [tape.op("Tanh", [tape.op("Div", [scores, cap])]), cap])
-    minus_inf = rewrite.constant(graph, np.asarray(-np.inf, np.float32), "minus_inf")
-    if node.attributes.get_int("is_causal", 0):
-        allowed = tape.op(
-            "Trilu",
-            [tape.op("ConstantOfShape", [tape.op("Shape", [scores], {"start": -2})],
-                     {"value": ir.tensor(np.array([True]))})],
-            {"upper": 0},
+    masks = []
+    if node.attributes.get_int("is_causal", 0):  # aligned to the top left: key j <= query i
+        first = rewrite.constant(graph, np.asarray(0, np.int64), "zero")
+        queries, keys = (
+            tape.op("Squeeze", [tape.op("Shape", [x], {"start": -2, "end": -1})]) for x in (q, k)
         )
-        scores = tape.op("Where", [allowed, scores, minus_inf])
+        masks.append(("allow", _contrib.causal_mask(graph, tape, first, queries, keys)))
     if mask is not None:
-        if mask.dtype == ir.DataType.BOOL:
-            scores = tape.op("Where", [mask, scores, minus_inf])
-        else:
-            scores = tape.op("Add", [scores, mask])
-    probs = tape.op("Softmax", [scores], {"axis": -1})
+        masks.append(("allow" if mask.dtype == ir.DataType.BOOL else "add", mask))
     # A fully masked row is all -inf: Softmax gives NaN there, the Attention spec gives 0.
-    zero = rewrite.constant(graph, np.asarray(0.0, np.float32), "zero")
-    probs = tape.op("Where", [tape.op("IsNaN", [probs]), zero, probs])
-    y = tape.op("MatMul", [probs, v])
+    y = _contrib.attend(graph, tape, q, k, v, scale, node.attributes.get_float("softcap", 0.0),
+                        masks, zero_nan_rows=True)
     if rank == 3:
-        y = tape.op("Reshape", [tape.op("Transpose", [y], {"perm": [0, 2, 1, 3]}),
-                                rewrite.constant(graph, np.array([0, 0, -1], np.int64), "shape")])
+        y = _contrib.merge_heads(graph, tape, y)
     for new_node in tape.nodes:
         scopes[new_node] = scopes.get(node, "")
     _replace(graph, node, tape, [y] + [ir.Value(name=rewrite.unique(graph, "unused")) for _ in node.outputs[1:]])
     return True
 
 
-def _static_dim(value: ir.Value, axis: int) -> int | None:
-    if value.shape is None:
-        return None
-    dim = value.shape[axis]
-    return dim if isinstance(dim, int) else None
-
-
 def _head_size(value: ir.Value, heads: int | None, rank: int) -> int | None:
-    size = _static_dim(value, -1)
+    size = _contrib.static_dim(value, -1)
     if rank == 4 or size is None or not heads:
         return size
     return size // heads if size % heads == 0 else None
 
 
-def _split_heads(graph: ir.Graph, tape: ir.tape.Tape, x: ir.Value, heads: int) -> ir.Value:
-    """[B, S, H*D] -> [B, H, S, D]."""
-    shape = rewrite.constant(graph, np.array([0, 0, heads, -1], np.int64), "shape")
-    return tape.op("Transpose", [tape.op("Reshape", [x, shape])], {"perm": [0, 2, 1, 3]})
-
-
-def _repeat_heads(
-    graph: ir.Graph, tape: ir.tape.Tape, x: ir.Value, repeats: int, heads: int, head_size: int
-) -> ir.Value:
-    """[B, Hkv, S, D] -> [B, Hkv * repeats, S, D], each key/value head repeated in place."""
-    axis = rewrite.constant(graph, np.array([2], np.int64), "axes")
-    expand = rewrite.constant(graph, np.array([1, 1, repeats, 1, 1], np.int64), "repeats")
-    shape = rewrite.constant(graph, np.array([0, heads, -1, head_size], np.int64), "shape")
-    return tape.op("Reshape", [tape.op("Expand", [tape.op("Unsqueeze", [x, axis]), expand]), shape])
-
-
-# Rule 7 -----------------------------------------------------------------------------------------
+# Rule 9 -----------------------------------------------------------------------------------------
 
 
 def _rename(model: ir.Model) -> bool:
@@ -297,9 +315,12 @@ def _rename(model: ir.Model) -> bool:
     for node_index, node in enumerate(graph):
         renames.append((node, f"{node.op_type}_{node_index}"))
         for value in node.outputs:
-            if value.name not in protected:
-                renames.append((value, f"v{value_index}"))
-                value_index += 1
+            if value.name in protected:
+                continue
+            weight = _weight_name(value) if node.op_type == "DequantizeLinear" else None
+            if weight is None:  # else a weight kept as its 4-bit codes is named as a weight
+                weight, value_index = f"v{value_index}", value_index + 1
+            renames.append((value, weight))
     return _apply_renames(graph, renames)
 
 

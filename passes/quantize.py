@@ -102,7 +102,8 @@ class QuantizePass(Pass):
 
     def _linear(self, graph: ir.Graph, node: ir.Node, quantizers: dict, names: rewrite.Names) -> None:
         x, weight = node.inputs
-        shape = list(weight.const_value.shape)
+        source = roles.dequantized(weight)  # 4-bit codes canonicalize kept
+        shape = list((source.inputs[0] if source else weight).const_value.shape)
         channels = x.shape[-1] if x.shape is not None and len(x.shape) else None
         if len(shape) != 2 or 0 in shape or (isinstance(channels, int) and channels != shape[0]):
             raise KirinError(
@@ -110,13 +111,15 @@ class QuantizePass(Pass):
                 f"shape [{', '.join(map(str, x.shape or []))}]; a linear product's weight is [K, N], "
                 "K the input's channels"
             )
-        array = weight.const_value.numpy()
-        depth = array.shape[0]
+        depth = shape[0]
         group = _blocks(self.group, depth, "group", node)
-        codes = arithmetic.quantize_weight(
-            array, self.bits, group, self.clip_search, self.asymmetric, self.subscale_bits
-        )
-        del array
+        codes = self._adopted(source, group) if source is not None else None
+        if codes is None:
+            array = weight.const_value.numpy() if source is None else _dequantized(source)
+            codes = arithmetic.quantize_weight(
+                array, self.bits, group, self.clip_search, self.asymmetric, self.subscale_bits
+            )
+            del array
         if isinstance(weight.const_value, ir.ExternalTensor) and len(weight.uses()) == 1:
             weight.const_value.release()  # unmap the float weight: memory grows by one weight
         stem = weight.name.removesuffix(".weight")
@@ -136,6 +139,30 @@ class QuantizePass(Pass):
             graph, node, x, -1, self.act_bits, not unsigned, static, quantizers, names, act_group
         )
         self._replace(graph, node, [*act, *weights, None, None, *blocks], group)
+        if source is not None and not source.outputs[0].uses():
+            graph.remove(source, safe=True)
+
+    def _adopted(self, source: ir.Node, group: int) -> arithmetic.WeightCodes | None:
+        """The 4-bit codes of a ``DequantizeLinear`` weight on the Kirin grid, unchanged, where
+        the grid allows it: 4-bit asymmetric codes, and one step and offset in every block of
+        ``group`` rows (a block of the source's that many blocks of ours fill). None: it does
+        not, and the weight is quantized again from its float values."""
+        if self.bits != 4 or not self.asymmetric:
+            return None
+        codes, scale, zero = (None if v is None else v.const_value for v in [*source.inputs, None][:3])
+        k, n = codes.shape
+        ones = np.ones((k, n), np.int32)  # dequantized, ones give each weight's step and zero point
+        step = arithmetic.dequantize(ones, scale.numpy(), None, *_layout(source))
+        zero_point = 0 if zero is None else arithmetic.dequantize(
+            ones, zero.numpy().astype(np.float32), None, *_layout(source))
+        unsigned = codes.dtype == ir.DataType.UINT4
+        offset = step * ((8 if unsigned else 0) - zero_point)  # the value of our code 0
+        rows = group or k
+        step, offset = step.reshape(k // rows, rows, n), offset.reshape(k // rows, rows, n)
+        if not ((step == step[:, :1]).all() and (offset == offset[:, :1]).all()):
+            return None
+        kirin_codes = codes.numpy().astype(np.int8) - (8 if unsigned else 0)
+        return arithmetic.adopt_weight_codes(kirin_codes, step[:, 0], offset[:, 0], group, self.subscale_bits)
 
     def _attention(self, graph: ir.Graph, node: ir.Node, quantizers: dict, names: rewrite.Names) -> None:
         left, right = node.inputs
@@ -185,6 +212,15 @@ def _blocks(size: int, depth: int, option: str, node: ir.Node) -> int:
             f"use a block size that divides every product's input channels, or {option}=0"
         )
     return size
+
+
+def _layout(source: ir.Node) -> tuple[int, int]:
+    return source.attributes.get_int("axis", 1), source.attributes.get_int("block_size", 0)
+
+
+def _dequantized(source: ir.Node) -> np.ndarray:
+    codes, scale, zero = (None if v is None else v.const_value.numpy() for v in [*source.inputs, None][:3])
+    return arithmetic.dequantize(codes, scale, zero, *_layout(source))
 
 
 def _product_name(node: ir.Node) -> str:

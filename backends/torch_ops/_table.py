@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 from typing import Callable, Sequence
 
+import ml_dtypes
 import numpy as np
 import onnx
 import torch
@@ -81,12 +82,13 @@ def axis(value: int, rank: int) -> int:
     return value + rank if value < 0 else value
 
 
-# The data types the table claims. torch lacks most kernels for uint16/32/64, and bfloat16
-# (with the float8 and 4-bit types) is left for when a model needs it.
+# The data types the table claims. torch lacks most kernels for uint16/32/64, and the float8
+# and 4-bit types are left for when a model needs them.
 _DTYPES = {
     onnx.TensorProto.FLOAT: torch.float32,
     onnx.TensorProto.DOUBLE: torch.float64,
     onnx.TensorProto.FLOAT16: torch.float16,
+    onnx.TensorProto.BFLOAT16: torch.bfloat16,
     onnx.TensorProto.INT8: torch.int8,
     onnx.TensorProto.INT16: torch.int16,
     onnx.TensorProto.INT32: torch.int32,
@@ -110,8 +112,17 @@ def supported_dtypes() -> frozenset[int]:
 
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:
-    """A numpy array (a constant or an attribute) as a torch tensor, copied."""
+    """A numpy array (a constant, an attribute or an input) as a torch tensor, copied."""
+    if array.dtype == ml_dtypes.bfloat16:  # numpy's bfloat16 is ml_dtypes', which torch cannot read
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
     return torch.from_numpy(np.array(array, copy=True))
+
+
+def as_array(tensor: torch.Tensor) -> np.ndarray:
+    """A torch tensor (an output) as a numpy array; bfloat16 as ml_dtypes' bfloat16."""
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
 
 
 def shared_tensor(array: np.ndarray) -> torch.Tensor:

@@ -314,3 +314,58 @@ def bit_cast(x: torch.Tensor, *, to: int) -> torch.Tensor:
 def identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
+
+
+# Quantization -------------------------------------------------------------------------------------
+# A QDQ model (onnxruntime's quantize_static, 4-bit hub files) carries its integers through these.
+# 4-bit codes arrive widened to int8/uint8 (the backend widens INT4/UINT4 constants).
+
+
+@table.op("DequantizeLinear")
+def dequantize_linear(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None, *,
+    axis: int = 1, block_size: int = 0, output_dtype: int = 0, precision: int = 0,
+) -> torch.Tensor:
+    """``y = (x - zero_point) * scale``, the scale per tensor, per ``axis`` or per block of
+    ``block_size`` along it; integers subtracted in int32, as exactly as onnxruntime."""
+    del precision
+    scale_, zero = _quantization_parameters(x, scale, zero_point, axis, block_size)
+    centred = x.to(torch.int32) - (0 if zero is None else zero.to(torch.int32))
+    y = centred.to(scale.dtype) * scale_
+    return y if not output_dtype else y.to(torch_dtype(output_dtype))
+
+
+@table.op("QuantizeLinear")
+def quantize_linear(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None, *,
+    axis: int = 1, block_size: int = 0, output_dtype: int = 0, saturate: int = 1, precision: int = 0,
+) -> torch.Tensor:
+    """``y = saturate(round(x / scale) + zero_point)``, ties to even, into the zero point's type
+    (``output_dtype``, else uint8)."""
+    del saturate, precision
+    dtype = zero_point.dtype if zero_point is not None else torch_dtype(output_dtype) if output_dtype else torch.uint8
+    if dtype.is_floating_point:
+        raise NotImplementedError("QuantizeLinear to a float type (float8) is not supported by the torch backend")
+    scale_, zero = _quantization_parameters(x, scale, zero_point, axis, block_size)
+    y = torch.round(x.to(torch.float32) / scale_.to(torch.float32)) + (0 if zero is None else zero.to(torch.float32))
+    info = torch.iinfo(dtype)
+    return torch.clamp(y, info.min, info.max).to(dtype)
+
+
+def _quantization_parameters(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, axis: int, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The scale and zero point broadcast against ``x``."""
+    if scale.dim() == 0 or scale.numel() == 1 and x.dim() == 0:
+        return scale, zero_point
+    axis = axis + x.dim() if axis < 0 else axis
+    if block_size:  # scale has x's rank, ceil(size / block_size) along axis
+        size = x.shape[axis]
+
+        def spread(t):
+            return None if t is None else t.repeat_interleave(block_size, dim=axis).narrow(axis, 0, size)
+
+        return spread(scale), spread(zero_point)
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return scale.reshape(shape), None if zero_point is None else zero_point.reshape(shape)

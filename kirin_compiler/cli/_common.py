@@ -14,8 +14,9 @@ import numpy as np
 import onnx_ir as ir
 import tokenizers
 
-from kirin_compiler import calibration, feeds, files
+from kirin_compiler import calibration, contrib_ops, feeds, files
 from kirin_compiler.errors import KirinError
+from kirin_compiler.format import load_model
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -124,6 +125,17 @@ def sizes(files: Sequence[pathlib.Path]) -> str:
     first, *rest = files
     text = f"{first.stat().st_size / 1e6:.2f} MB"
     return text + "".join(f" + {f.stat().st_size / 1e6:.2f} MB in {f.name}" for f in rest)
+
+
+def load_runnable(path: str) -> ir.Model:
+    """The model at ``path``, canonicalized first if it holds onnxruntime contrib ops (fused
+    normalizations, attention, 4-bit products), which only ``canonicalize`` lowers."""
+    from kirin_compiler.compiler import compile_model
+
+    model = load_model(path)
+    if contrib_ops.holds_contrib_ops(model):
+        compile_model(model, "canonicalize")
+    return model
 
 
 def load_tokenizer(folder: str | None) -> tokenizers.Tokenizer | None:

@@ -110,7 +110,7 @@ def main(argv: Sequence[str]) -> int:
         scores.extend((configuration, s) for s in result)
 
     for path in paths:
-        model = load_model(path)
+        model = _common.load_runnable(path)
         if compiled[path]:
             own = Configuration(path.name, model.metadata_props.get(KEY_PIPELINE), _recorded_source(model))
             score(model, own, modes, path)

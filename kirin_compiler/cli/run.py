@@ -15,7 +15,7 @@ from kirin_compiler import feeds
 from kirin_compiler.backends import torch_backend
 from kirin_compiler.cli import _common
 from kirin_compiler.errors import KirinError
-from kirin_compiler.format import atomic_path, check_writable, load_model
+from kirin_compiler.format import atomic_path, check_writable
 
 
 def main(argv: Sequence[str]) -> int:
@@ -30,7 +30,7 @@ def main(argv: Sequence[str]) -> int:
         if pathlib.Path(args.save).suffix not in (".npy", ".npz"):
             raise KirinError(f"--save '{args.save}': use a .npy or .npz file name")
         check_writable(args.save)
-    model = load_model(args.model)
+    model = _common.load_runnable(args.model)
     if by_name:
         inputs = feeds.named(model, given, args.input)
         shown = {name: f"{array.dtype}, as given" for name, array in inputs.items()}
@@ -39,8 +39,7 @@ def main(argv: Sequence[str]) -> int:
         names = feeds.decoder_inputs(model, "kirinc run")
         inputs = names.feed(model, ids)
         _common.check_vocabulary(model, ids, args.input)
-        shown = {name: what for name, what in ((names.ids, "token ids"), (names.mask, "attention mask of ones"),
-                                               (names.positions, "position ids")) if name is not None}
+        shown = names.described()
     module = torch_backend.lower(model, args.mode)
     with _common.failing_on(args.model, args.input, ids):
         outputs = torch_backend.run(module, model, inputs)
