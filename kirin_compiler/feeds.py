@@ -198,6 +198,7 @@ def _cache(model: ir.Model, value: ir.Value) -> Cache | None:
     if value.dtype not in _FLOAT or value.shape is None or len(value.shape) < 3:
         return None
     outputs = {output: output.name for output in model.graph.outputs}
+    branches = _branch_outputs(model.graph)
     for user, index in _carried(value, _CACHE_CARRY):
         if user.op_type == "Concat":
             present, axis = user.outputs[0], user.attributes.get_int("axis", 0) % len(value.shape)
@@ -205,7 +206,7 @@ def _cache(model: ir.Model, value: ir.Value) -> Cache | None:
             present, axis = user.outputs[_ATTENTION_CACHES[user.op_type, index]], 2
         else:
             continue
-        returned = _returned(present, outputs)
+        returned = _returned(present, outputs, branches)
         if returned is not None:
             return Cache(value.name, outputs[returned], axis, _head_size(user))
     return None
@@ -226,18 +227,33 @@ def _head_size(attention: ir.Node) -> int | None:
     return width // (heads + 2 * kv_heads) if packed else width // heads
 
 
-def _returned(value: ir.Value, outputs: Mapping[ir.Value, str]) -> ir.Value | None:
+def _returned(
+    value: ir.Value, outputs: Mapping[ir.Value, str], branches: Mapping[ir.Value, ir.Value]
+) -> ir.Value | None:
     """The graph output that ``value`` becomes through concatenations (a cache that starts as an
-    empty tensor), slices (a sliding window) and ops that only cast or reshape it, if any."""
+    empty tensor), slices (a sliding window), ops that only cast or reshape it and the outputs of
+    ``If`` branches (a merged decoder), if any."""
     frontier, seen = [value], set()
     while frontier:
         current = frontier.pop(0)
         if current in outputs:
             return current
         seen.add(current)
+        if current in branches:
+            frontier.append(branches[current])
         frontier.extend(out for user, index in current.uses() if index == 0 and user.op_type in _CACHE_CARRY | {"Concat"}
                         for out in user.outputs if out not in seen)
     return None
+
+
+def _branch_outputs(graph: ir.Graph) -> dict[ir.Value, ir.Value]:
+    """Each output of a subgraph (an ``If`` branch) -> the output of its node it becomes."""
+    result = {}
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        for attribute in node.attributes.values():
+            if attribute.type == ir.AttributeType.GRAPH:
+                result.update(zip(attribute.as_graph().outputs, node.outputs))
+    return result
 
 
 def _empty_cache(value: ir.Value, entry: Cache, batch: int) -> np.ndarray:

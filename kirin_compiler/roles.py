@@ -47,7 +47,8 @@ ATTENTION_PV = "attn-pv"
 # one product to the next passes through these only.
 _PASS_THROUGH = frozenset(
     "Add Sub Mul Div Neg Where Cast Reshape Transpose Expand Unsqueeze Squeeze Slice Concat "
-    "Split Gather Identity IsNaN Tanh Sigmoid Relu Gelu Silu Erf Tile Dropout Flatten".split()
+    "Split Gather Identity IsNaN Tanh Sigmoid Relu Gelu Silu Erf Tile Dropout Flatten "
+    "QuantizeLinear DequantizeLinear".split()  # a QDQ model's fake quantization passes values through
 )
 _ACTIVATIONS = frozenset("Sigmoid Relu Gelu Silu Erf Tanh HardSigmoid HardSwish Softplus".split())
 _LAYER_IN_SCOPE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")

@@ -2,7 +2,10 @@
 
 Rewrite rules, applied in this order:
 
-1. Model-local functions are inlined and ``Constant`` nodes become initializers.
+1. Model-local functions are inlined and ``Constant`` nodes become initializers. A merged
+   decoder's ``If`` on a graph input (optimum's ``use_cache_branch``), one of whose branches
+   reads graph inputs the other does not (the KV cache), takes that branch: on an empty cache
+   it computes what the other does, and rule 3 inlines it. The flag stays an input, unused.
 2. Every onnxruntime contrib op of `kirin_compiler.contrib_ops` (RMS and skip normalizations,
    rotary embeddings, GroupQueryAttention, MultiHeadAttention, FusedMatMul, fused GELUs) is
    decomposed exactly into standard ops (``passes/_contrib.py``, ``docs/contrib_ops.md``),
@@ -12,7 +15,10 @@ Rewrite rules, applied in this order:
    ``Identity`` nodes and unused nodes are removed.
 4. A ``DequantizeLinear`` of constant codes (a QDQ model's weights) becomes its float constant,
    computed as onnxruntime does, except where it makes a linear layer's weight ``[K, N]`` from
-   4-bit codes: there it stays, so that ``quantize`` takes the codes as they are.
+   4-bit codes: there it stays, so that ``quantize`` takes the codes as they are. A
+   ``MatMulInteger`` of constant codes (onnxruntime's ``quantize_dynamic``) becomes a float
+   ``MatMul(a - a_zero_point, W)`` with ``W = codes - zero_point``, and the ``Cast`` to float
+   that read its integers reads the product.
 5. ``Gemm(A, B, C)`` with a constant ``B`` becomes ``MatMul(A, W) + bias`` with
    ``W = alpha * B`` (transposed when ``transB=1``) and ``bias = beta * C``.
 6. ``MatMul(x, Transpose(W))`` with a constant ``W`` becomes ``MatMul(x, W^T)``, the transposed
@@ -63,11 +69,13 @@ class CanonicalizePass(Pass):
             common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         ):
             modified |= step(model).modified
+        modified |= _take_cache_branches(model.graph)
         modified |= _decompose_contrib_ops(model)
         modified |= onnxscript.optimizer.fold_constants(model).modified
         for step in (common_passes.IdentityEliminationPass(), common_passes.RemoveUnusedNodesPass()):
             modified |= step(model).modified
         modified |= _fold_dequantized_weights(model.graph)
+        modified |= _float_integer_products(model.graph)
         scopes = {node: _scope(node) for node in model.graph}
         graph = model.graph
         decomposed = False
@@ -126,6 +134,26 @@ def _replace(graph: ir.Graph, old: ir.Node, tape: ir.tape.Tape, outputs: list[ir
     rewrite.replace(graph, [old], tape.nodes, list(old.outputs), outputs)
 
 
+def _take_cache_branches(graph: ir.Graph) -> bool:
+    modified = False
+    inputs = frozenset(graph.inputs)
+    for node in list(graph):
+        if node.op_type != "If" or node.inputs[0] not in inputs:
+            continue
+        then, other = (_inputs_read(node.attributes[name].as_graph(), inputs) if name in node.attributes else set()
+                       for name in ("then_branch", "else_branch"))
+        if then == other or not (then > other or other > then):
+            continue  # not a choice between a cache and none
+        condition = rewrite.constant(graph, np.array([then > other]), "cache_branch")
+        node.replace_input_with(0, condition)
+        modified = True
+    return modified
+
+
+def _inputs_read(branch: ir.Graph, inputs: frozenset[ir.Value]) -> set[ir.Value]:
+    return {value for node in ir.traversal.RecursiveGraphIterator(branch) for value in node.inputs if value in inputs}
+
+
 # Rule 2 -----------------------------------------------------------------------------------------
 
 
@@ -162,6 +190,46 @@ def _fold_dequantized_weights(graph: ir.Graph) -> bool:
         rewrite.replace(graph, [node], [], list(node.outputs), [folded])
         modified = True
     return modified
+
+
+def _float_integer_products(graph: ir.Graph) -> bool:
+    modified = False
+    for node in list(graph):
+        if node.op_type != "MatMulInteger":
+            continue
+        a, b, a_zero, b_zero = [*node.inputs, None, None][:4]
+        if b.const_value is None or len(b.shape or ()) != 2:
+            continue
+        if (b_zero is not None and b_zero.const_value is None) or not _scalar(a_zero):
+            continue  # per-row zero points of a: not a linear layer's input
+        codes = b.const_value.numpy().astype(np.int32)
+        zero = 0 if b_zero is None else b_zero.const_value.numpy().astype(np.int32)
+        weight = rewrite.constant(graph, (codes - zero).astype(np.float32), f"{node.name}.weight")
+        tape = ir.tape.Tape(graph)
+        x = tape.op("Cast", [a], {"to": ir.DataType.FLOAT})
+        if a_zero is not None:
+            x = tape.op("Sub", [x, tape.op("Cast", [a_zero], {"to": ir.DataType.FLOAT})])
+        product = tape.op("MatMul", [x, weight])
+        for new in tape.nodes:
+            new.name = f"{node.name}_{new.op_type}"
+            new.metadata_props.update(node.metadata_props)
+        product.producer().name = node.name  # the exporter's path: the layer's scope
+        casts = [user for user, _ in node.outputs[0].uses() if user.op_type == "Cast"
+                 and user.attributes.get_int("to") == ir.DataType.FLOAT]
+        integers = tape.op("Cast", [tape.op("Round", [product])], {"to": ir.DataType.INT32})
+        rewrite.replace(graph, [node], tape.nodes, list(node.outputs), [integers])
+        for cast in casts:  # the float product itself, not its integers made float again
+            rewrite.replace(graph, [cast], [], list(cast.outputs), [product])
+        modified = True
+    return modified
+
+
+def _scalar(value: ir.Value | None) -> bool:
+    """None, a scalar, or DynamicQuantizeLinear's zero point (a scalar, typed or not)."""
+    if value is None or (value.shape is not None and len(value.shape) == 0):
+        return True
+    producer = value.producer()
+    return producer is not None and producer.op_type == "DynamicQuantizeLinear"
 
 
 def _keeps_codes(node: ir.Node) -> bool:

@@ -8,7 +8,9 @@ Rewrite rules (the math is in ``docs/arithmetic.md``, sections 1 and 2):
    integer sub-scale ``r`` (``subscale_bits``, UINT8) and, for ``asymmetric`` codes, an integer
    offset ``z`` (INT16), chosen after a clipping search when ``clip_search`` is set
    (`arithmetic.quantize_weight`). A weight whose rows do not split into whole blocks is
-   quantized per output channel.
+   quantized per output channel. A weight that comes as 4-bit codes (a ``DequantizeLinear``
+   canonicalize kept) keeps its codes where every block has one step and offset
+   (`arithmetic.adopt_weight_codes`), and is quantized again from its float values where not.
 2. Its input ``x`` gets an ``ActQuant`` with per-token scales (``axis=-1``) and signed 4-bit
    codes; with ``act_group``, every block of that many channels has a gain of ``gain_bits``
    (``group`` and ``gain_bits`` attributes). An input that comes out of a ``Relu`` gets

@@ -1,5 +1,5 @@
-"""Models that come quantized already (onnxruntime's QDQ and 4-bit tools) and in bfloat16: they
-compile, verify and run; 4-bit weights keep their codes through the compile."""
+"""Models that come quantized already (onnxruntime's QDQ, dynamic and 4-bit tools) and in
+bfloat16: they compile, verify and run; 4-bit weights keep their codes through the compile."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def _quantized(float_export, kind: str):
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     out = float_export.parent / f"{kind}.onnx"
-    if kind == "qdq8":
+    if kind == "dynamic8":
+        quantization.quantize_dynamic(str(float_export), str(out), op_types_to_quantize=["MatMul"])
+    elif kind == "qdq8":
         class Reader(quantization.CalibrationDataReader):
             def __init__(self):
                 self.feeds = iter([{"input_ids": token_ids((1, 16), seed)} for seed in range(4)])
@@ -60,7 +62,15 @@ def _quantized(float_export, kind: str):
     return out
 
 
-def _compile_verify_run(path, tmp_path, capsys) -> ir.Model:
+def _onnx_reference(path, ids) -> np.ndarray:
+    """The ONNX reference implementation: onnxruntime's uint8 x int8 MatMulInteger kernel
+    saturates pairs of products to int16 on CPUs without VNNI, so it is not the reference."""
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(str(path)).run(None, {"input_ids": ids})[0]
+
+
+def _compile_verify_run(path, tmp_path, capsys, reference=_onnxruntime_unoptimized) -> ir.Model:
     np.save(tmp_path / "calib.npy", token_ids((2, 16), seed=4))
     compiled = tmp_path / "model.kirin"
     assert main([str(path), "-o", str(compiled), "--calib", str(tmp_path / "calib.npy"), "--no-calib-cache"]) == 0
@@ -70,7 +80,7 @@ def _compile_verify_run(path, tmp_path, capsys) -> ir.Model:
     ids = token_ids((1, 12), seed=5)
     np.save(tmp_path / "ids.npy", ids)
     assert main(["run", str(path), "--input", str(tmp_path / "ids.npy"), "--save", str(tmp_path / "y.npy")]) == 0
-    assert np.abs(np.load(tmp_path / "y.npy") - _onnxruntime_unoptimized(path, ids)).max() <= 1e-4
+    assert np.abs(np.load(tmp_path / "y.npy") - reference(path, ids)).max() <= 1e-4
     return load_model(compiled)
 
 
@@ -78,7 +88,15 @@ def test_a_qdq_int8_model_compiles_verifies_and_runs(float_export, tmp_path, cap
     path = _quantized(float_export, "qdq8")
     assert any(node.op_type == "QuantizeLinear" for node in load_model(path).graph)
     compiled = _compile_verify_run(path, tmp_path, capsys)
-    assert sum(1 for node in compiled.graph if node.op_type == "SpikeMatMul") >= 14  # every projection
+    # every projection, and both attention products through their QuantizeLinear/DequantizeLinear
+    assert sum(1 for node in compiled.graph if node.op_type == "SpikeMatMul") == 18
+
+
+def test_a_dynamically_quantized_model_compiles_verifies_and_runs(float_export, tmp_path, capsys):
+    path = _quantized(float_export, "dynamic8")  # DynamicQuantizeLinear and MatMulInteger
+    assert any(node.op_type == "MatMulInteger" for node in load_model(path).graph)
+    compiled = _compile_verify_run(path, tmp_path, capsys, _onnx_reference)
+    assert sum(1 for node in compiled.graph if node.op_type == "SpikeMatMul") == 18
 
 
 @pytest.mark.parametrize("kind", ["qdq4", "nbits4"])

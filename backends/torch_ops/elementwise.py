@@ -369,3 +369,14 @@ def _quantization_parameters(
     shape = [1] * x.dim()
     shape[axis] = -1
     return scale.reshape(shape), None if zero_point is None else zero_point.reshape(shape)
+
+
+@table.op("DynamicQuantizeLinear")
+def dynamic_quantize_linear(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uint8 codes of ``x`` over ``[min(0, min x), max(0, max x)]``, its scale and zero point
+    (rounded half to even, as ONNX asks)."""
+    low, high = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
+    scale = (high - low) / 255.0
+    zero_point = torch.clamp(torch.round(-low / scale), 0, 255)
+    y = torch.clamp(torch.round(x / scale) + zero_point, 0, 255)
+    return y.to(torch.uint8), scale.to(torch.float32), zero_point.to(torch.uint8)

@@ -129,11 +129,12 @@ def sizes(files: Sequence[pathlib.Path]) -> str:
 
 def load_runnable(path: str) -> ir.Model:
     """The model at ``path``, canonicalized first if it holds onnxruntime contrib ops (fused
-    normalizations, attention, 4-bit products), which only ``canonicalize`` lowers."""
+    normalizations, attention, 4-bit products) or an ``If`` (a merged decoder's), which the
+    torch backend leaves to ``canonicalize``."""
     from kirin_compiler.compiler import compile_model
 
     model = load_model(path)
-    if contrib_ops.holds_contrib_ops(model):
+    if contrib_ops.holds_contrib_ops(model) or any(node.op_type == "If" for node in model.graph):
         compile_model(model, "canonicalize")
     return model
 
