@@ -143,8 +143,10 @@ def build_config(family: str):
     ids = dict(
         bos_token_id=SPECIAL_TOKENS["bos"], eos_token_id=SPECIAL_TOKENS["eos"], pad_token_id=SPECIAL_TOKENS["pad"]
     )
-    if family == "llama":
-        return transformers.LlamaConfig(
+    if family in ("llama", "qwen2"):  # grouped-query attention
+        config = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[family]
+        extra = {"tie_word_embeddings": False} if family == "qwen2" else {}
+        return config(
             vocab_size=VOCAB,
             hidden_size=hidden,
             intermediate_size=intermediate,
@@ -152,18 +154,7 @@ def build_config(family: str):
             num_attention_heads=HEADS,
             num_key_value_heads=kv_heads,
             max_position_embeddings=MAX_POSITIONS,
-            **ids,
-        )
-    if family == "qwen2":
-        return transformers.Qwen2Config(
-            vocab_size=VOCAB,
-            hidden_size=hidden,
-            intermediate_size=intermediate,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS,
-            num_key_value_heads=kv_heads,
-            max_position_embeddings=MAX_POSITIONS,
-            tie_word_embeddings=False,
+            **extra,
             **ids,
         )
     if family == "opt":  # no GQA in OPT: 4 heads of keys and values
