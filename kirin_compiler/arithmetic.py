@@ -727,25 +727,39 @@ def quantize_weight(
     return _weight_codes(codes.reshape(k, n), scale, block_scale, block_offset)
 
 
+def quantization_parameter(parameter: torch.Tensor, shape: Sequence[int], axis: int, block_size: int) -> torch.Tensor:
+    """A scale or zero point of ONNX ``QuantizeLinear``/``DequantizeLinear`` shaped to broadcast
+    against a tensor of ``shape``: per tensor (a scalar) as it is, per ``axis`` along that axis,
+    per block of ``block_size`` along it each value repeated over its block."""
+    if parameter.dim() == 0 or len(shape) == 0:
+        return parameter
+    axis = axis % len(shape)
+    if block_size:  # the parameter has the tensor's rank, ceil(size / block_size) along axis
+        return parameter.repeat_interleave(block_size, dim=axis).narrow(axis, 0, shape[axis])
+    view = [1] * len(shape)
+    view[axis] = -1
+    return parameter.reshape(view)
+
+
 def dequantize(
+    codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None, axis: int = 1,
+    block_size: int = 0,
+) -> torch.Tensor:
+    """ONNX ``DequantizeLinear``: ``(codes - zero_point) * scale`` in the scale's type, the
+    integers subtracted exactly in int32, as onnxruntime computes it (`quantization_parameter`)."""
+    centred = codes.to(torch.int32)
+    if zero_point is not None:
+        centred = centred - quantization_parameter(zero_point.to(torch.int32), codes.shape, axis, block_size)
+    return centred.to(scale.dtype) * quantization_parameter(scale, codes.shape, axis, block_size)
+
+
+def dequantize_constants(
     codes: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int = 1, block_size: int = 0
 ) -> np.ndarray:
-    """ONNX ``DequantizeLinear``: ``(codes - zero_point) * scale`` in the scale's type, the scale
-    per tensor, per ``axis`` or per block of ``block_size`` along it (as onnxruntime computes it:
-    the integers subtracted exactly, one product)."""
-    codes = np.asarray(codes).astype(np.int32)
-    zero = np.zeros((), np.int32) if zero_point is None else np.asarray(zero_point).astype(np.int32)
-    scale = np.asarray(scale)
-    if scale.ndim and codes.ndim:
-        axis = axis % codes.ndim
-        if block_size:
-            scale, zero = (np.repeat(t, block_size, axis=axis).take(range(codes.shape[axis]), axis=axis)
-                           if t.ndim else t for t in (scale, zero))
-        else:
-            shape = [1] * codes.ndim
-            shape[axis] = -1
-            scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.ndim else zero
-    return ((codes - zero).astype(scale.dtype) * scale).astype(scale.dtype)
+    """`dequantize` of a model's constants (4-bit codes of ml_dtypes included)."""
+    zero = None if zero_point is None else torch.from_numpy(np.asarray(zero_point).astype(np.int32))
+    codes_ = torch.from_numpy(np.asarray(codes).astype(np.int32))
+    return dequantize(codes_, torch.from_numpy(np.array(scale)), zero, axis, block_size).numpy()
 
 
 def adopt_weight_codes(

@@ -629,7 +629,7 @@ def _matmul_nbits(b: _Builder) -> dict[int, ir.Value]:
                       b.constant(scale, "scales"), b.constant(zero.astype(ml_dtypes.uint4), "zero_points"),
                       axis=0, block_size=block)
     else:
-        weight = b.constant(arithmetic.dequantize(codes, scale, zero, axis=0, block_size=block), "weight")
+        weight = b.constant(arithmetic.dequantize_constants(codes, scale, zero, axis=0, block_size=block), "weight")
     y = b.op("MatMul", a, weight)
     bias = b.input(5)
     return {0: y if bias is None else b.op("Add", y, bias)}

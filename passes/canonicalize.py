@@ -184,8 +184,8 @@ def _fold_dequantized_weights(graph: ir.Graph) -> bool:
         if _keeps_codes(node):
             continue  # quantize takes these codes onto its grid as they are
         codes, scale, zero = (None if v is None else v.const_value.numpy() for v in [*node.inputs, None][:3])
-        weight = arithmetic.dequantize(codes, scale, zero, node.attributes.get_int("axis", 1),
-                                       node.attributes.get_int("block_size", 0))
+        weight = arithmetic.dequantize_constants(codes, scale, zero, node.attributes.get_int("axis", 1),
+                                                 node.attributes.get_int("block_size", 0))
         folded = rewrite.constant(graph, weight, f"{node.name}.dequantized")
         rewrite.replace(graph, [node], [], list(node.outputs), [folded])
         modified = True

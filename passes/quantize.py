@@ -33,6 +33,7 @@ import dataclasses
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
+import torch
 
 from kirin_compiler import arithmetic, rewrite, roles
 from kirin_compiler.errors import KirinError
@@ -153,10 +154,13 @@ class QuantizePass(Pass):
             return None
         codes, scale, zero = (None if v is None else v.const_value for v in [*source.inputs, None][:3])
         k, n = codes.shape
-        ones = np.ones((k, n), np.int32)  # dequantized, ones give each weight's step and zero point
-        step = arithmetic.dequantize(ones, scale.numpy(), None, *_layout(source))
-        zero_point = 0 if zero is None else arithmetic.dequantize(
-            ones, zero.numpy().astype(np.float32), None, *_layout(source))
+
+        def per_weight(parameter) -> np.ndarray:  # the step or zero point of every weight, [K, N]
+            values = torch.from_numpy(np.asarray(parameter.numpy()).astype(np.float32))
+            return torch.broadcast_to(arithmetic.quantization_parameter(values, (k, n), *_layout(source)), (k, n)).numpy()
+
+        step = per_weight(scale)
+        zero_point = 0 if zero is None else per_weight(zero)
         unsigned = codes.dtype == ir.DataType.UINT4
         offset = step * ((8 if unsigned else 0) - zero_point)  # the value of our code 0
         rows = group or k
@@ -222,7 +226,7 @@ def _layout(source: ir.Node) -> tuple[int, int]:
 
 def _dequantized(source: ir.Node) -> np.ndarray:
     codes, scale, zero = (None if v is None else v.const_value.numpy() for v in [*source.inputs, None][:3])
-    return arithmetic.dequantize(codes, scale, zero, *_layout(source))
+    return arithmetic.dequantize_constants(codes, scale, zero, *_layout(source))
 
 
 def _product_name(node: ir.Node) -> str:

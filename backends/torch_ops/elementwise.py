@@ -16,6 +16,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from kirin_compiler import arithmetic
 from kirin_compiler.backends.torch_ops._table import OpTable, torch_dtype
 
 table = OpTable()
@@ -329,9 +330,7 @@ def dequantize_linear(
     """``y = (x - zero_point) * scale``, the scale per tensor, per ``axis`` or per block of
     ``block_size`` along it; integers subtracted in int32, as exactly as onnxruntime."""
     del precision
-    scale_, zero = _quantization_parameters(x, scale, zero_point, axis, block_size)
-    centred = x.to(torch.int32) - (0 if zero is None else zero.to(torch.int32))
-    y = centred.to(scale.dtype) * scale_
+    y = arithmetic.dequantize(x, scale, zero_point, axis, block_size)
     return y if not output_dtype else y.to(torch_dtype(output_dtype))
 
 
@@ -346,29 +345,12 @@ def quantize_linear(
     dtype = zero_point.dtype if zero_point is not None else torch_dtype(output_dtype) if output_dtype else torch.uint8
     if dtype.is_floating_point:
         raise NotImplementedError("QuantizeLinear to a float type (float8) is not supported by the torch backend")
-    scale_, zero = _quantization_parameters(x, scale, zero_point, axis, block_size)
-    y = torch.round(x.to(torch.float32) / scale_.to(torch.float32)) + (0 if zero is None else zero.to(torch.float32))
+    scale_ = arithmetic.quantization_parameter(scale, x.shape, axis, block_size).to(torch.float32)
+    y = torch.round(x.to(torch.float32) / scale_)
+    if zero_point is not None:
+        y = y + arithmetic.quantization_parameter(zero_point, x.shape, axis, block_size).to(torch.float32)
     info = torch.iinfo(dtype)
     return torch.clamp(y, info.min, info.max).to(dtype)
-
-
-def _quantization_parameters(
-    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, axis: int, block_size: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The scale and zero point broadcast against ``x``."""
-    if scale.dim() == 0 or scale.numel() == 1 and x.dim() == 0:
-        return scale, zero_point
-    axis = axis + x.dim() if axis < 0 else axis
-    if block_size:  # scale has x's rank, ceil(size / block_size) along axis
-        size = x.shape[axis]
-
-        def spread(t):
-            return None if t is None else t.repeat_interleave(block_size, dim=axis).narrow(axis, 0, size)
-
-        return spread(scale), spread(zero_point)
-    shape = [1] * x.dim()
-    shape[axis] = -1
-    return scale.reshape(shape), None if zero_point is None else zero_point.reshape(shape)
 
 
 @table.op("DynamicQuantizeLinear")
