@@ -76,7 +76,7 @@ def calibration_feeds(args: argparse.Namespace, model: ir.Model) -> tuple[list, 
     names = feeds.decoder_inputs(model, "--calib")  # inputs it can feed, before any work
     require_at_least(args, 1, "calib_length", "calib_windows")
     ids = token_ids(pathlib.Path(args.calib), load_tokenizer(args.tokenizer))
-    check_vocabulary(model, ids, args.calib)
+    check_vocabulary(model, names, ids, args.calib)
     windows = calibration.windows(ids, args.calib_length, args.calib_windows)
     # what ran: the longest window and how many (the same windows come out of them again)
     length = max(w.shape[-1] for w in windows)
@@ -107,11 +107,11 @@ def failing_on(model: str, inputs: str, ids: np.ndarray):
         ) from error
 
 
-def check_vocabulary(model: ir.Model, ids: np.ndarray, source: str) -> None:
+def check_vocabulary(model: ir.Model, names: feeds.DecoderInputs, ids: np.ndarray, source: str) -> None:
     """Refuses token ids past the model's vocabulary (the rows of the embedding tables that
     look its token ids up, `feeds.DecoderInputs.vocabulary`), naming the first one, before
     anything runs."""
-    vocabulary = feeds.decoder_inputs(model).vocabulary(model)
+    vocabulary = names.vocabulary(model)
     if vocabulary is not None and ids.max() >= vocabulary:
         place = [int(i) for i in np.argwhere(ids >= vocabulary)[0]]
         raise KirinError(

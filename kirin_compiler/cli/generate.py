@@ -31,7 +31,7 @@ def main(argv: Sequence[str]) -> int:
     if not prompt:
         raise KirinError(f"--prompt {args.prompt!r} tokenizes to no tokens; give some text")
     ids = np.asarray([prompt], dtype=np.int64)
-    _common.check_vocabulary(model, ids, "--prompt")
+    _common.check_vocabulary(model, names, ids, "--prompt")
     module = torch_backend.lower(model, args.mode)
     shown = tokenizer.decode(prompt)
     print(shown, end="", flush=True)

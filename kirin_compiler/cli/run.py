@@ -38,7 +38,7 @@ def main(argv: Sequence[str]) -> int:
     else:
         names = feeds.decoder_inputs(model, "kirinc run")
         inputs = names.feed(model, ids)
-        _common.check_vocabulary(model, ids, args.input)
+        _common.check_vocabulary(model, names, ids, args.input)
         shown = names.described()
     module = torch_backend.lower(model, args.mode)
     with _common.failing_on(args.model, args.input, ids):

@@ -32,7 +32,7 @@ def main(argv: Sequence[str]) -> int:
     args.windows = 1 if args.windows is None else args.windows
     _common.require_at_least(args, 1, "length", "windows")
     ids = _common.token_ids(pathlib.Path(args.input), _common.load_tokenizer(args.tokenizer))
-    _common.check_vocabulary(model, ids, args.input)
+    _common.check_vocabulary(model, names, ids, args.input)
     if recorded is not None:  # the file must still hold the windows the model was compiled with
         compiled = calibration.windows(ids, recorded["length"], recorded["windows"])
         if calibration.Calibration([names.feed(model, w) for w in compiled], "").digest() != recorded["sha256"]:
