@@ -94,13 +94,15 @@ class ActQuant(KirinModule):
             one = torch.ones((), dtype=x.dtype)
             return (x, one) if spec.outliers == "none" else (x, one, torch.zeros_like(x), one)
         if self.counting:  # the division, and the scale's maximum unless it is static
-            self.probe.count(self.node, float_ops=(1 if spike_scale is not None else 2) * x.numel())
+            self.probe.count(self.node, values=x.numel(), float_ops=(1 if spike_scale is not None else 2) * x.numel())
         split = ka.split_activation(x, spec, spike_scale, outlier_mask, outlier_scale)
         # the codes take the ratio's memory, except in the snn mode, whose neurons fire it
         codes, outlier_codes = ka.activation_codes(split, spec, reuse=self.mode == "qann")
         spikes = self.spikes(split, codes)
         if outlier_codes is None:
             return spikes, split.spike_scale
+        if self.counting:
+            _report_outliers(self.probe, self.node, outlier_codes.values)
         if self.probe.records_integers or not self.sparse:
             dense = outlier_codes.dense()
             self.probe.integers(self.node, "outlier-codes", dense)
@@ -127,7 +129,7 @@ class TTFSEncoder(ActQuant):
         steps = self.attributes["window"]
         if self.mode != "snn":
             if self.counting:
-                _report_codes(self.probe, self.node, codes, steps)
+                _report_codes(self.probe, self.node, codes, steps, split.gains)
             return super().spikes(split, codes)
         lo = ka.code_range(self.spec.bits, self.spec.signed)[0]
         train, comparisons = ka.fire(split.spike_ratio(), steps, lo, count=self.probe.counts_operations)
@@ -208,11 +210,16 @@ class SpikeMatMul(_Product):
                 self.probe.count(
                     self.node, accumulates=int(torch.count_nonzero(spikes)) * fan_out,
                     membrane_updates=_membrane_update_bound(spikes, self.window) * fan_out,
+                    **_dense_work(spikes.numel(), acc.numel(), weights.shape[-2]),
                 )
             return acc
         result = ka.integrate_spikes(spikes, synapses, self.trajectory, self.probe.counts_operations)
         self.probe.integers(self.node, "accumulator", result.membrane)
-        self.probe.count(self.node, accumulates=result.spikes * fan_out, membrane_updates=result.updates)
+        if self.probe.counts_operations:
+            self.probe.count(
+                self.node, accumulates=result.spikes * fan_out, membrane_updates=result.updates,
+                **_dense_work(spikes[0].numel(), result.membrane.numel(), weights.shape[-2]),
+            )
         return result.trajectory if self.trajectory else result.membrane
 
 
@@ -286,6 +293,8 @@ class TTFSNeuron(KirinModule):
             return codes, out_scale
         outlier_codes = ka.quantize(torch.where(mask, y, 0.0), out_outlier_scale, 0, ka.OUTLIER_TOP)
         self.probe.integers(self.node, "outlier-codes", outlier_codes)
+        if self.counting:
+            _report_outliers(self.probe, self.node, outlier_codes)
         return codes, out_scale, outlier_codes, out_outlier_scale
 
     @staticmethod
@@ -296,20 +305,42 @@ class TTFSNeuron(KirinModule):
 
 def _report_spikes(probe: Probe, node: str, train: torch.Tensor, comparisons: int) -> None:
     """What a layer of TTFS neurons did in one window; its codes, decoded from the spike
-    train for comparison with the qann mode (decoding is not part of the network)."""
+    train for comparison with the qann mode (decoding is not part of the network).
+    ``magnitude`` is the sum of the codes' magnitudes, times their gains: the spikes a rate code
+    of the same values would send."""
+    codes = ka.spike_codes(train) if probe.records_integers or probe.counts_operations else None
     if probe.records_integers:
-        probe.integers(node, "codes", ka.spike_codes(train))
+        probe.integers(node, "codes", codes)
     if probe.counts_operations:
-        neurons = train[0].numel()
-        probe.count(node, spikes=int(torch.count_nonzero(train)), comparisons=comparisons, neurons=neurons)
+        probe.count(
+            node, spikes=int(torch.count_nonzero(train)), comparisons=comparisons,
+            neurons=train[0].numel(), magnitude=int(codes.abs().sum()),
+        )
 
 
-def _report_codes(probe: Probe, node: str, codes: torch.Tensor, steps: int) -> None:
+def _report_codes(
+    probe: Probe, node: str, codes: torch.Tensor, steps: int, gains: torch.Tensor | None = None
+) -> None:
     """The work of a layer of TTFS neurons, from the codes they send (qann mode): one spike per
-    non-zero code; a neuron compares until it fires, ``T - |q|`` times, a silent one ``T - 1``."""
+    non-zero code; a neuron compares until it fires, ``T - |q|`` times, a silent one ``T - 1``;
+    the codes' magnitudes times their gains (as `_report_spikes`)."""
     magnitude = codes.abs()
-    comparisons = int((steps - magnitude).masked_fill_(magnitude == 0, steps - 1).sum())
-    probe.count(node, spikes=int(torch.count_nonzero(codes)), comparisons=comparisons, neurons=codes.numel())
+    comparisons = int((steps - magnitude).masked_fill(magnitude == 0, steps - 1).sum())
+    probe.count(
+        node, spikes=int(torch.count_nonzero(codes)), comparisons=comparisons, neurons=codes.numel(),
+        magnitude=int(ka.with_gains(magnitude, gains).sum()),
+    )
+
+
+def _report_outliers(probe: Probe, node: str, values: torch.Tensor) -> None:
+    """The 8-bit outlier codes a quantizer sent: how many are not zero, and their magnitudes."""
+    probe.count(node, outliers=int(values.count_nonzero()), outlier_magnitude=int(values.abs().sum()))
+
+
+def _dense_work(inputs: int, outputs: int, fan_in: int) -> dict[str, int]:
+    """A product's size: its left operand's and its result's elements, and the multiply-
+    accumulates of the same product computed densely (every result from all ``fan_in`` inputs)."""
+    return {"inputs": inputs, "outputs": outputs, "dense_macs": outputs * fan_in}
 
 
 def _membrane_update_bound(codes: torch.Tensor, window: int) -> int:

@@ -12,17 +12,23 @@ faster on SmolLM2) derives it from the codes, which are the spikes (``kirinc ver
 the two give the same counts, except ``membrane_updates`` (below):
 
 - TTFS sources: ``spikes`` fired, ``neurons`` in the window, threshold ``comparisons`` (a
-  neuron compares until it fires, ``T - |q|`` times; a silent one ``T - 1`` times);
+  neuron compares until it fires, ``T - |q|`` times; a silent one ``T - 1`` times), and
+  ``magnitude``, the sum of the codes' magnitudes times their gains;
+- quantizers: ``values`` coded and, with outliers, ``outliers`` (non-zero 8-bit codes) and
+  ``outlier_magnitude``;
 - ``SpikeMatMul``: synaptic ``accumulates`` (spikes x fan-out) and ``membrane_updates``: one
   per neuron and step whose current is not zero, as the snn mode measures; the qann mode counts
   every step from the one after the token's first spike, an upper bound (a current can be
-  exactly zero: zero weights, cancelling spikes);
+  exactly zero: zero weights, cancelling spikes); and the product's size: ``inputs``,
+  ``outputs`` and ``dense_macs`` (outputs x fan-in);
 - ``IntMatMul``: ``int_macs``, 8-bit x 4-bit multiply-accumulates (outlier values x fan-out);
 - ``Rescale`` and ``TTFSNeuron``: ``float_ops`` of the rescale (two multiplies per output; a
   multiply and an add more with outliers; for a neuron, a bias add and the division by the
   output step);
 - other nodes: ``float_ops`` (``FLOAT_OP_COST`` per output element; data movement is free) and,
   for float matrix products, ``float_macs``.
+
+`kirin_compiler.energy` prices the counts (``kirinc report``).
 """
 
 from __future__ import annotations
