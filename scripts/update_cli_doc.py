@@ -121,6 +121,9 @@ TRIMS: dict[str, Trim] = {
     f"{KIRINC} models/tiny_llama.onnx -p canonicalize --print-changed":
         Trim(head=9, tail=1, context=1,
              match=(r"^\+  %\S+: .* = MatMul\(.* role=q scope=model\.model\.layers\.0\.",)),
+    # the energy report: its first tables, and the files it wrote
+    f"{KIRINC} report /tmp/doc_demo/wiki.kirin --preset snn-convention --json /tmp/doc_demo/energy.json "
+    "--chart /tmp/doc_demo/energy.svg": Trim(head=31, tail=2),
 }
 
 

@@ -2,7 +2,7 @@
 
 ``main(argv) -> int`` is what the console script and ``python -m kirin_compiler`` call, and
 what tests call in-process. It hands the arguments to the command's module (`compile`, the
-default, `inspect`, `run`, `verify`, `evaluate`, `generate`), each with a
+default, `inspect`, `run`, `verify`, `evaluate`, `generate`, `report`), each with a
 ``main(argv) -> int`` of its own.
 Errors a user can cause print one line, ``kirinc: error: <what, where, what to do>``, and exit
 with status 2; no output file is left behind.
@@ -29,6 +29,7 @@ COMMANDS = {
     "verify": "verify",
     "eval": "evaluate",
     "generate": "generate",
+    "report": "report",
 }
 
 

@@ -28,14 +28,16 @@ class ArgumentParser(argparse.ArgumentParser):
         raise KirinError(f"{message}; see {self.prog} --help")
 
 
-def model_command(prog: str, description: str, examples: Sequence[str]) -> ArgumentParser:
-    """The parser of a command that runs a model: its MODEL argument and its examples."""
+def model_command(
+    prog: str, description: str, examples: Sequence[str], model_help: str = "ONNX or .kirin file"
+) -> ArgumentParser:
+    """The parser of a command that reads a model: its MODEL argument and its examples."""
     parser = ArgumentParser(
         prog=prog, description=description,
         epilog="examples:\n" + "\n".join(f"  {example}" for example in examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", metavar="MODEL", help="ONNX or .kirin file")
+    parser.add_argument("model", metavar="MODEL", help=model_help)
     return parser
 
 
