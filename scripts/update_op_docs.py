@@ -1,6 +1,7 @@
 """Rewrites the generated examples of docs/kirin_ops.md, docs/arithmetic.md, docs/backends.md,
-docs/writing_passes.md and docs/ir_format.md from the current build (``tests/test_op_docs.py``
-checks them): ``.venv/bin/python scripts/update_op_docs.py``. (docs/cli.md has its own script,
+docs/writing_passes.md, docs/ir_format.md and docs/energy.md (and that page's chart,
+docs/images/energy_wiki_llama.png) from the current build (``tests/test_op_docs.py`` checks
+them): ``.venv/bin/python scripts/update_op_docs.py``. (docs/cli.md has its own script,
 ``scripts/update_cli_doc.py``, and the README's demo output ``scripts/demo.py``.)
 
 A generated block is what lies between ``<!-- generated: NAME -->`` and ``<!-- end generated -->``:
@@ -10,7 +11,8 @@ models/tiny_llama.onnx (calibrated on models/tiny_llama_ids.npy), and, for the a
 arithmetic.md section 8, the tiny OPT model of tests/conftest.py (dynamo export, opset 18).
 The IR dumps of ir_format.md are the printer's golden files (``tests/test_printer.py`` checks
 those against the printer), and the diff of writing_passes.md comes from running that page's
-own pass file and command.
+own pass file and command. The energy report's examples are of the two trained models,
+models/wiki_llama.onnx and models/wiki_opt.onnx, compiled as ``make demo`` compiles the first.
 """
 
 from __future__ import annotations
@@ -37,11 +39,16 @@ from kirin_models import compiled, node_lines  # noqa: E402
 
 from kirin_compiler import calibration, compile_model, load_model  # noqa: E402
 from kirin_compiler.cli import main  # noqa: E402
+from kirin_compiler.energy import presets  # noqa: E402
+from kirin_compiler.energy import report as energy  # noqa: E402
+from kirin_compiler.instruments import format_table  # noqa: E402
 from kirin_compiler.format import save_model  # noqa: E402
 from kirin_compiler.kirin_ops import KIRIN_DOMAIN, KIRIN_OPSET_VERSION  # noqa: E402
 from kirin_compiler.printer import format_model  # noqa: E402
 
-DOCS = [REPO / "docs" / name for name in ("kirin_ops.md", "arithmetic.md", "backends.md", "writing_passes.md", "ir_format.md")]
+DOCS = [REPO / "docs" / name for name in (
+    "kirin_ops.md", "arithmetic.md", "backends.md", "writing_passes.md", "ir_format.md", "energy.md")]
+ENERGY_CHART = pathlib.Path("docs/images/energy_wiki_llama.png")
 QUANTIZE = "canonicalize,quantize"
 OUTLIERS = QUANTIZE + ",outlier-detect"
 NEURONS = OUTLIERS + ",spike-matrix-hybridize,threshold-insert"
@@ -170,13 +177,68 @@ def opt_folder() -> pathlib.Path:
     return folder
 
 
-def kirinc(*argv: str) -> str:
-    """``kirinc argv`` in the OPT folder: its standard output (the console lines shown)."""
+def kirinc(*argv: str, folder: pathlib.Path | None = None) -> str:
+    """``kirinc argv`` in ``folder`` (the OPT folder by default): its standard output (the
+    console lines shown)."""
     output = io.StringIO()
-    with contextlib.chdir(opt_folder()), contextlib.redirect_stdout(output), \
+    with contextlib.chdir(folder or opt_folder()), contextlib.redirect_stdout(output), \
             contextlib.redirect_stderr(io.StringIO()):
         main(list(argv))
     return output.getvalue().rstrip("\n")
+
+
+@functools.cache
+def trained(name: str) -> pathlib.Path:
+    """A temporary folder laid out as the repository (``models/``, ``build/``, ``docs/images/``)
+    where models/NAME.onnx is compiled to build/NAME.kirin with the default pipeline on the
+    protocol's calibration text, as ``make demo`` does."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="kirin-energy-docs-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    (folder / "models").symlink_to(REPO / "models")
+    (folder / "build").mkdir()
+    (folder / ENERGY_CHART.parent).mkdir(parents=True)
+    assert kirinc(*compile_trained(name), folder=folder) == ""
+    return folder
+
+
+def compile_trained(name: str) -> list[str]:
+    return [f"models/{name}.onnx", "-o", f"build/{name}.kirin", "--calib", "models/wiki_calib.txt",
+            "--tokenizer", "models/wiki_tokenizer"]
+
+
+def energy_report() -> str:
+    """The console of compiling the trained Llama and of ``kirinc report`` on it (with the chart)."""
+    folder = trained("wiki_llama")
+    report_args = ["report", "build/wiki_llama.kirin", "--chart", str(ENERGY_CHART)]
+    text = kirinc(*report_args, folder=folder)
+    return "\n".join([f"$ .venv/bin/kirinc {' '.join(compile_trained('wiki_llama'))}",
+                      f"$ .venv/bin/kirinc {' '.join(report_args)}", text])
+
+
+def energy_comparison(name: str) -> str:
+    """Kirin's total reductions on a trained model under each shipped preset."""
+    model = load_model(trained(name) / "build" / f"{name}.kirin")
+    return energy.comparison([energy.build(model, presets.load(p)) for p in presets.names()])
+
+
+def energy_presets() -> str:
+    rows = [["preset", "constant", "op", "bits", "energy", "unit", "source"]]
+    for name in presets.names():
+        for c in presets.load(name).constants:
+            value = c.energy / presets.UNITS[c.unit]
+            rows.append([name, c.name, c.op, str(c.bits), f"{value:g}", c.unit, c.source])
+    return format_table(rows).rstrip("\n")
+
+
+def preset_error() -> str:
+    """What a preset with a wrong unit gets."""
+    folder = trained("wiki_llama")
+    text = (REPO / "kirin_compiler" / "energy" / "presets" / "horowitz-45nm.toml").read_text()
+    (folder / "my_45nm.toml").write_text(text.replace('unit = "pJ"', 'unit = "mW"', 1))
+    errors = io.StringIO()
+    with contextlib.chdir(folder), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+        assert main(["report", "build/wiki_llama.kirin", "--preset", "my_45nm.toml"]) == 2
+    return "$ .venv/bin/kirinc report build/wiki_llama.kirin --preset my_45nm.toml\n" + errors.getvalue().rstrip("\n")
 
 
 def compile_and_verify(out: str, pipeline: str | None, last: int = 0) -> str:
@@ -248,6 +310,12 @@ BLOCKS = {
     # docs/ir_format.md
     "ir-small": ("text", lambda: golden("printer_small.txt")),
     "ir-control-flow": ("text", lambda: golden("printer_control_flow.txt")),
+    # docs/energy.md
+    "energy-report": ("console", energy_report),
+    "energy-wiki-llama": ("text", lambda: energy_comparison("wiki_llama")),
+    "energy-wiki-opt": ("text", lambda: energy_comparison("wiki_opt")),
+    "energy-presets": ("text", energy_presets),
+    "energy-preset-error": ("console", preset_error),
 }
 
 
@@ -282,3 +350,5 @@ if __name__ == "__main__":
         if changed:
             doc.write_text(new)
         print(f"{doc.relative_to(REPO)}: {', '.join(changed) or 'up to date'}")
+    shutil.copyfile(trained("wiki_llama") / ENERGY_CHART, REPO / ENERGY_CHART)
+    print(f"{ENERGY_CHART}: written")
