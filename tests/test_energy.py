@@ -237,3 +237,45 @@ def test_the_energy_page_shows_the_charts_it_names():
     for name in names:
         height, width, _ = matplotlib.image.imread(REPO / "docs" / "images" / name).shape
         assert (width, height) == (1080, 1020)
+
+
+TAIL = "spike-matrix-hybridize,threshold-insert"
+VARIANTS = {
+    "float attention": f"canonicalize,quantize{{attention=false}},outlier-detect,{TAIL},energy-annotate",
+    "no outliers": f"canonicalize,quantize,outlier-detect{{mode=none}},{TAIL},energy-annotate",
+    "static outliers": f"canonicalize,quantize,outlier-detect{{mode=static}},{TAIL},energy-annotate",
+    "no blocks, no gains": f"canonicalize,quantize{{group=0,act_group=0}},outlier-detect,{TAIL},energy-annotate",
+    "8-bit codes": f"canonicalize,quantize{{bits=8,group=0,asymmetric=false,act_bits=8,act_group=0}},"
+                   f"outlier-detect{{mode=none}},{TAIL},energy-annotate",
+    "counted in the snn mode": f"canonicalize,quantize,outlier-detect,{TAIL},energy-annotate{{mode=snn}}",
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_pipeline_variant_is_priced(variant):
+    model = calibrated(load_model(TINY_LLAMA), feeds=[{"input_ids": np.load(TINY_LLAMA_IDS)}])
+    compile_model(model, VARIANTS[variant])
+    document = report.build(model, presets.load(presets.DEFAULT))
+    kirin = document["networks"]["kirin"]
+    assert sum(n["energy_pj"]["compute"] for n in document["nodes"]) == pytest.approx(kirin["total_pj"]["compute"], abs=0.01)
+    for name, network in document["networks"].items():
+        assert network["total_pj"]["compute"] > 0 and network["total_pj"]["memory"] > 0, name
+    assert report.tables(document)
+    if variant == "8-bit codes":  # 8-bit codes open 8-bit windows: no steps saved
+        assert document["timesteps"]["reduction"] == 0.0
+    if variant == "float attention":
+        assert document["networks"]["kirin"]["categories_pj"]["attention"] == document["networks"]["qann"]["categories_pj"]["attention"]
+
+
+def test_an_ablated_network_without_the_silent_phase_is_priced():
+    model = compiled(DEFAULT.replace("threshold-insert", "threshold-insert{silent=false}"))
+    document = report.build(model, presets.load("snn-convention"))
+    assert document["networks"]["kirin"]["total_pj"]["compute"] > 0
+
+
+def test_a_graph_the_passes_did_not_make_is_one_error(capsys, tmp_path):
+    model = compiled(DEFAULT)
+    rescale = next(n for n in model.graph if n.op_type == "Rescale")
+    rescale.op_type, rescale.domain = "Identity", ""  # a custom rewrite the pricing cannot read
+    with pytest.raises(KirinError, match=r"node 'fc\d\.spike': a SpikeMatMul priced by kirinc report"):
+        report.build(model, presets.load(presets.DEFAULT))

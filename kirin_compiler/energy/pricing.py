@@ -246,7 +246,12 @@ def _source(node: ir.Node) -> Source:
 
 def _product(node: ir.Node, sources: dict[str, Source], counts: dict[str, int]) -> Product:
     left, right = node.inputs[0], node.inputs[1]
-    output = next(c for c in node.outputs[0].consumers() if is_kirin(c, RESCALE, TTFS_NEURON))
+    output = next((c for c in node.outputs[0].consumers() if is_kirin(c, RESCALE, TTFS_NEURON)), None)
+    if output is None or left.producer() is None or left.producer().name not in sources:
+        raise KirinError(
+            f"node '{node.name}': a SpikeMatMul priced by kirinc report reads a quantizer's codes and "
+            "feeds a Rescale or TTFSNeuron, as spike-matrix-hybridize and threshold-insert make it"
+        )
     integer = output.inputs[3].producer() if len(output.inputs) > 3 and output.inputs[3] is not None else None
     blocks = {}
     if right.const_value is not None:  # a linear product: the synapses r * Wq + z
