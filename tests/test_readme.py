@@ -34,7 +34,14 @@ def test_readme_demo_output_is_what_make_demo_prints(tmp_path, monkeypatch):
     transcript = demo.run(out).replace(out, "build")
     readme = (REPO / "README.md").read_text()
     shown = readme[readme.index(demo.BEGIN) + len(demo.BEGIN) : readme.index(demo.END)]
-    assert mask(transcript) == mask(shown)
+    assert _perplexities(mask(transcript)) == _perplexities(mask(shown))
+
+
+def _perplexities(text: str) -> str:
+    """``text`` with each perplexity's last two decimals masked: the float kernels of one CPU
+    and another round the calibration's sums differently (81.860 on one machine, 81.869 on
+    another, the same bits from the same build); the ratios to float keep their three."""
+    return re.sub(r"(\s\d+\.\d)\d\d(\s+\d\.\d{3}\s)", r"\1..\2", text)
 
 
 def test_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
