@@ -34,10 +34,11 @@ import torch.fx
 
 from kirin_compiler import arithmetic as ka
 from kirin_compiler.backends import torch_fusion, torch_kirin
-from kirin_compiler.backends.torch_kirin import MODES, Mode, Probe
 from kirin_compiler.backends.torch_ops import OPS
 from kirin_compiler.backends.torch_ops._table import as_array, as_tensor, shared_tensor, supported_dtypes
+from kirin_compiler.accounting import FLOAT_OP_COST, REDUCTIONS
 from kirin_compiler.errors import KirinError, UnsupportedOpError
+from kirin_compiler.execution import MODES, Mode, Probe
 from kirin_compiler.kirin_ops import (
     ACT_QUANT,
     INT_MATMUL,
@@ -70,10 +71,15 @@ def lower(
     ``ai.kirin`` ops become modules of `torch_kirin` running in ``mode`` (``float``, ``qann`` or
     ``snn``) and reporting to ``probe``; standard ops are the same in every mode. ``outputs``
     replaces the graph outputs (and nodes that neither reach them nor report to the probe are
-    dropped: calibration stops at the last quantizer)."""
+    dropped: calibration stops at the last quantizer). A probe that counts operations also
+    gets the float work of every standard node (`kirin_compiler.accounting`) when it runs."""
     if mode not in MODES:
         raise KirinError(f"unknown mode '{mode}': use one of {', '.join(MODES)}")
-    return _Lowering(model, mode, probe or Probe()).run(outputs)
+    probe = probe or Probe()
+    module = _Lowering(model, mode, probe).run(outputs)
+    if probe.counts_operations:
+        module.float_op_counter = _FloatOpCounter(module, {node.name: node for node in model.graph}, probe)
+    return module
 
 
 def run(
@@ -84,9 +90,52 @@ def run(
     missing = [name for name in names if name not in feeds]
     if missing:
         raise KeyError(f"missing inputs: {', '.join(missing)}")
+    inputs = [as_tensor(np.asarray(feeds[name])) for name in names]
+    counter = getattr(module, "float_op_counter", None)
     with torch.inference_mode():  # forward, not __call__: torch.fx prints a failing line to stderr
-        outputs = module.forward(*(as_tensor(np.asarray(feeds[name])) for name in names))
+        outputs = module.forward(*inputs) if counter is None else counter.run(*inputs)
     return [as_array(output) for output in outputs]
+
+
+def call(
+    op_type: str, inputs: Sequence[torch.Tensor | None], attributes: Mapping[str, Any],
+    outputs: int, constant: Sequence[bool] = (),
+) -> list[torch.Tensor]:
+    """One standard ONNX op of the op table, run on tensors: what `lower` makes of a node, for
+    a caller that executes nodes one by one (the listing interpreter's host operations).
+    ``attributes`` are plain values (tensors for tensor attributes); ``constant[i]`` says that
+    input ``i`` is a model constant, which `lower` treats as such (a small integer list written
+    into the code, a 2-D float weight of ``MatMul`` multiplied as ``linear``)."""
+    constant = list(constant) + [False] * (len(inputs) - len(constant))
+    if op_type == "MatMul" and constant[1] and _linear_weight(inputs[0], inputs[1]):
+        return [torch.nn.functional.linear(inputs[0], inputs[1].t())]
+    op = OPS.get(op_type)
+    if op is None:
+        raise UnsupportedOpError("", op_type, "has no torch lowering (supported ops: docs/backends.md)")
+    args = [
+        _static_list(value) if constant[i] and i in op.static_inputs else value
+        for i, value in enumerate(inputs)
+    ]
+    while args and args[-1] is None:
+        args.pop()
+    kwargs = dict(sorted(attributes.items()))
+    if "num_outputs" in op.attributes and "num_outputs" not in kwargs:
+        kwargs["num_outputs"] = outputs
+    result = op.fn(*args, **kwargs)
+    return list(result) if outputs > 1 or op.multi_output else [result]
+
+
+def _static_list(value: torch.Tensor | None) -> Any:
+    """A constant integer input as `lower` writes it into the code: a list, when it is small."""
+    if value is None or value.dtype.is_floating_point or value.dtype == torch.bool:
+        return value
+    return [int(v) for v in value.reshape(-1).tolist()] if value.numel() <= _INLINE_MAX_ELEMENTS else value
+
+
+def _linear_weight(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``MatMul(x, weight)`` with a constant ``weight`` is lowered as ``linear`` (see
+    `_is_linear`, on the IR)."""
+    return weight.dim() == 2 and weight.dtype.is_floating_point and x.dtype == weight.dtype
 
 
 class _Lowering:
@@ -354,6 +403,41 @@ def _source_window(product: ir.Node) -> int:
     if "window" in source.attributes:
         return source.attributes["window"].value
     return ka.window(source.attributes["bits"].value, bool(source.attributes["signed"].value))
+
+
+class _FloatOpCounter(torch.fx.Interpreter):
+    """Runs a lowered model and charges the float work of every standard node to the probe
+    (``FLOAT_OP_COST`` per output element, a reduction per input element, a float product per
+    multiply-accumulate)."""
+
+    def __init__(self, module: torch.fx.GraphModule, nodes: dict[str, ir.Node], probe: Probe):
+        super().__init__(module)
+        self.nodes = nodes
+        self.probe = probe
+
+    def run_node(self, n: torch.fx.Node):
+        result = super().run_node(n)
+        node = self.nodes.get(n.meta.get("ir_node"))
+        if node is not None and isinstance(result, torch.Tensor) and not is_kirin(node):
+            self._charge(node, n, result)  # the Kirin modules report their own work
+        return result
+
+    def _charge(self, node: ir.Node, n: torch.fx.Node, result: torch.Tensor) -> None:
+        op = node.op_type
+        if op == "MatMul":
+            self.probe.count(node.name, float_macs=result.numel() * self._last_dim(n.args[0]))
+        elif op in REDUCTIONS:
+            self.probe.count(node.name, float_ops=self._numel(n.args[0]))
+        elif op in FLOAT_OP_COST:
+            self.probe.count(node.name, float_ops=FLOAT_OP_COST[op] * result.numel())
+
+    def _last_dim(self, arg) -> int:
+        value = self.env.get(arg) if isinstance(arg, torch.fx.Node) else None
+        return int(value.shape[-1]) if isinstance(value, torch.Tensor) else 0
+
+    def _numel(self, arg) -> int:
+        value = self.env.get(arg) if isinstance(arg, torch.fx.Node) else None
+        return int(value.numel()) if isinstance(value, torch.Tensor) else 0
 
 
 def _is_linear(node: ir.Node) -> bool:

@@ -7,19 +7,18 @@
   silence-threshold schedule and emit spike trains ``[T, ...]``; ``SpikeMatMul`` integrates the
   trains with additions, step by step. Integer (outlier) products stay integer products.
 
-Every module reports to a `Probe`: what it computed (integer accumulators and codes, by node
-name) and what it did (spikes, accumulates, membrane updates, threshold comparisons, MACs).
-`kirinc verify`, calibration and energy accounting are probes.
+Every module reports to a `kirin_compiler.execution.Probe`: what it computed (integer
+accumulators and codes, by node name) and what it did (spikes, accumulates, membrane updates,
+threshold comparisons, MACs). `kirinc verify`, calibration and energy accounting are probes.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 
 from kirin_compiler import arithmetic as ka
 from kirin_compiler.errors import KirinError
+from kirin_compiler.execution import Mode, Probe, report_outliers, report_spikes
 from kirin_compiler.kirin_ops import (
     ACT_QUANT,
     INT_MATMUL,
@@ -29,29 +28,6 @@ from kirin_compiler.kirin_ops import (
     TTFS_ENCODER,
     TTFS_NEURON,
 )
-
-Mode = Literal["float", "qann", "snn"]
-MODES: tuple[Mode, ...] = ("float", "qann", "snn")
-
-
-class Probe:
-    """Receives what the Kirin modules compute and do while a model runs; ignores it all.
-
-    A subclass sets ``records_integers`` and ``counts_operations`` to receive those reports:
-    the modules skip the work of making reports nobody reads."""
-
-    records_integers = False
-    counts_operations = False
-
-    def observe(self, node: str, x: torch.Tensor, axis: int) -> None:
-        """An activation quantizer's float input (``float`` mode only)."""
-
-    def integers(self, node: str, kind: str, values: torch.Tensor) -> None:
-        """An integer result: ``accumulator`` (V or U), ``codes`` or ``outlier-codes``."""
-
-    def count(self, node: str, **counts: int) -> None:
-        """Operation counts of one run of a node (added up by the probe)."""
-
 
 class KirinModule(torch.nn.Module):
     """Base of the op modules: the node's name, attributes and mode, and the shared probe."""
@@ -102,7 +78,7 @@ class ActQuant(KirinModule):
         if outlier_codes is None:
             return spikes, split.spike_scale
         if self.counting:
-            _report_outliers(self.probe, self.node, outlier_codes.values)
+            report_outliers(self.probe, self.node, outlier_codes.values)
         if self.probe.records_integers or not self.sparse:
             dense = outlier_codes.dense()
             self.probe.integers(self.node, "outlier-codes", dense)
@@ -135,7 +111,7 @@ class TTFSEncoder(ActQuant):
         train, comparisons = ka.fire(split.spike_ratio(), steps, lo, count=self.probe.counts_operations)
         if split.gains is not None:
             train = ka.with_gains(train, split.gains.to(torch.int8))
-        _report_spikes(self.probe, self.node, train, comparisons)
+        report_spikes(self.probe, self.node, train, comparisons)
         return train
 
 
@@ -286,7 +262,7 @@ class TTFSNeuron(KirinModule):
             codes, comparisons = ka.fire(
                 membrane, a["window"], lo, silent=not trajectory, count=self.probe.counts_operations
             )
-            _report_spikes(self.probe, self.node, codes, comparisons)
+            report_spikes(self.probe, self.node, codes, comparisons)
         if self.mode == "qann":
             self.probe.integers(self.node, "codes", codes)
         if mask is None:
@@ -294,7 +270,7 @@ class TTFSNeuron(KirinModule):
         outlier_codes = ka.quantize(torch.where(mask, y, 0.0), out_outlier_scale, 0, ka.OUTLIER_TOP)
         self.probe.integers(self.node, "outlier-codes", outlier_codes)
         if self.counting:
-            _report_outliers(self.probe, self.node, outlier_codes)
+            report_outliers(self.probe, self.node, outlier_codes)
         return codes, out_scale, outlier_codes, out_outlier_scale
 
     @staticmethod
@@ -303,38 +279,18 @@ class TTFSNeuron(KirinModule):
         return y if bias is None else y + bias
 
 
-def _report_spikes(probe: Probe, node: str, train: torch.Tensor, comparisons: int) -> None:
-    """What a layer of TTFS neurons did in one window; its codes, decoded from the spike
-    train for comparison with the qann mode (decoding is not part of the network).
-    ``magnitude`` is the sum of the codes' magnitudes, times their gains: the spikes a rate code
-    of the same values would send."""
-    codes = ka.spike_codes(train) if probe.records_integers or probe.counts_operations else None
-    if probe.records_integers:
-        probe.integers(node, "codes", codes)
-    if probe.counts_operations:
-        probe.count(
-            node, spikes=int(torch.count_nonzero(train)), comparisons=comparisons,
-            neurons=train[0].numel(), magnitude=int(codes.abs().sum()),
-        )
-
-
 def _report_codes(
     probe: Probe, node: str, codes: torch.Tensor, steps: int, gains: torch.Tensor | None = None
 ) -> None:
     """The work of a layer of TTFS neurons, from the codes they send (qann mode): one spike per
     non-zero code; a neuron compares until it fires, ``T - |q|`` times, a silent one ``T - 1``;
-    the codes' magnitudes times their gains (as `_report_spikes`)."""
+    the codes' magnitudes times their gains (as `execution.report_spikes`)."""
     magnitude = codes.abs()
     comparisons = int((steps - magnitude).masked_fill(magnitude == 0, steps - 1).sum())
     probe.count(
         node, spikes=int(torch.count_nonzero(codes)), comparisons=comparisons, neurons=codes.numel(),
         magnitude=int(ka.with_gains(magnitude, gains).sum()),
     )
-
-
-def _report_outliers(probe: Probe, node: str, values: torch.Tensor) -> None:
-    """The 8-bit outlier codes a quantizer sent: how many are not zero, and their magnitudes."""
-    probe.count(node, outliers=int(values.count_nonzero()), outlier_magnitude=int(values.abs().sum()))
 
 
 def _dense_work(inputs: int, outputs: int, fan_in: int) -> dict[str, int]:

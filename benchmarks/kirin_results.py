@@ -143,7 +143,7 @@ def _eight_bit_share(model, windows) -> float:
     """The share of the quantized activation values that took the 8-bit integer path (non-zero
     outlier codes over the values of every spike-matrix quantizer), on ``windows``."""
     from kirin_compiler.backends import torch_backend
-    from kirin_compiler.backends.torch_kirin import Probe
+    from kirin_compiler.execution import Probe
 
     class Share(Probe):
         values = outliers = 0

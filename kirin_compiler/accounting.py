@@ -40,11 +40,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import onnx_ir as ir
-import torch
-import torch.fx
 
-from kirin_compiler import roles
-from kirin_compiler.backends.torch_kirin import Probe
+from kirin_compiler import execution, roles
+from kirin_compiler.execution import Probe
 from kirin_compiler.kirin_ops import SPIKING_SOURCES, is_kirin
 from kirin_compiler.metadata import KEY_OPS, KEY_TIMESTEPS
 
@@ -58,7 +56,7 @@ FLOAT_OP_COST = {
     "Tanh": 4,
     "Softmax": 4,  # max, subtract and exp, sum, divide
 }
-_REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax"})
+REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,52 +140,12 @@ class CountingProbe(Probe):
 def count_operations(
     model: ir.Model, feeds: Iterable[Mapping[str, np.ndarray]], mode: str = "qann"
 ) -> dict[str, dict[str, int]]:
-    """Runs ``model`` in ``mode`` (``qann`` or ``snn``) on every feed and returns each node's
-    operation counts."""
-    from kirin_compiler.backends import torch_backend
-
+    """Runs ``model`` in ``mode`` (``qann`` or ``snn``) on every feed, on the default backend,
+    and returns each node's operation counts (the backend charges the float work of the
+    standard nodes as ``FLOAT_OP_COST`` says)."""
+    backend = execution.backend()
     probe = CountingProbe()
-    module = torch_backend.lower(model, mode, probe)
-    nodes = {node.name: node for node in model.graph}
-    interpreter = _FloatOpCounter(module, nodes, probe)
-    names = [value.name for value in model.graph.inputs]
-    with torch.inference_mode():
-        for feed in feeds:
-            interpreter.run(*(torch.from_numpy(np.asarray(feed[name])) for name in names))
+    program = backend.lower(model, mode, probe)
+    for feed in feeds:
+        backend.run(program, model, feed)
     return {node: dict(sorted(c.items())) for node, c in sorted(probe.counts.items()) if any(c.values())}
-
-
-class _FloatOpCounter(torch.fx.Interpreter):
-    """Runs a lowered model and charges the float work of every standard node."""
-
-    def __init__(self, module: torch.fx.GraphModule, nodes: dict[str, ir.Node], probe: CountingProbe):
-        super().__init__(module)
-        self.nodes = nodes
-        self.probe = probe
-
-    def run_node(self, n: torch.fx.Node):
-        result = super().run_node(n)
-        node = self.nodes.get(n.meta.get("ir_node"))
-        if node is not None and isinstance(result, torch.Tensor):
-            self._charge(node, n, result)
-        return result
-
-    def _charge(self, node: ir.Node, n: torch.fx.Node, result: torch.Tensor) -> None:
-        op = node.op_type
-        if is_kirin(node):
-            return  # the Kirin modules report their own work
-        if op == "MatMul":
-            self.probe.count(node.name, float_macs=result.numel() * self._last_dim(n.args[0]))
-        elif op in _REDUCTIONS:
-            self.probe.count(node.name, float_ops=self._numel(n.args[0]))
-        elif op in FLOAT_OP_COST:
-            self.probe.count(node.name, float_ops=FLOAT_OP_COST[op] * result.numel())
-
-    def _last_dim(self, arg) -> int:
-        value = self.env.get(arg) if isinstance(arg, torch.fx.Node) else None
-        return int(value.shape[-1]) if isinstance(value, torch.Tensor) else 0
-
-    def _numel(self, arg) -> int:
-        value = self.env.get(arg) if isinstance(arg, torch.fx.Node) else None
-        return int(value.numel()) if isinstance(value, torch.Tensor) else 0
-

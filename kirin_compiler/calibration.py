@@ -29,8 +29,8 @@ import onnx_ir as ir
 import torch
 import tqdm
 
-from kirin_compiler import arithmetic
-from kirin_compiler.backends.torch_kirin import Probe
+from kirin_compiler import arithmetic, execution
+from kirin_compiler.execution import Probe
 from kirin_compiler.errors import KirinError
 from kirin_compiler.kirin_ops import ACT_QUANT, is_kirin
 from kirin_compiler.metadata import KEY_CALIBRATION
@@ -141,16 +141,15 @@ def statistics(model: ir.Model, searches: Mapping[str, Search] | None = None) ->
         stats = _load(path, key, model, searches)
         if stats is not None:
             return stats  # else the entry is damaged: calibrate again, and replace it
-    from kirin_compiler.backends import torch_backend  # the backend imports this package
-
+    backend = execution.backend()
     probe = _StatsProbe(searches)
     quantizers = [n for n in model.graph if is_kirin(n, ACT_QUANT)]
     # the last quantizer's input as the output: nothing after it (the lm_head) runs
-    module = torch_backend.lower(model, "float", probe, outputs=quantizers[-1].inputs[:1])
+    module = backend.lower(model, "float", probe, outputs=quantizers[-1].inputs[:1])
     runs = tqdm.tqdm(calibration.feeds, desc="calibrate", unit="run", disable=not calibration.progress)
     for index, feed in enumerate(runs, start=1):
         try:
-            torch_backend.run(module, model, feed)
+            backend.run(module, model, feed)
         except (RuntimeError, IndexError, ValueError) as error:  # e.g. ids past the vocabulary
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             shapes = ", ".join(f"{name} {list(np.shape(v))}" for name, v in feed.items())

@@ -7,6 +7,10 @@ memory holds one run's integers at a time. The graph outputs are compared bit fo
 with a KV cache is also checked on decode steps, one token a run on the cache of the run before. The
 report counts, per decoder layer, the spikes, the silent neurons, the work, the integers
 compared and the mismatches, and adds the time steps of `accounting.timesteps`.
+
+The two runs are any two backends' (`kirin_compiler.execution`): by default the torch backend's
+qann and snn modes; for an instruction listing, the torch backend's snn mode against the
+listing's interpreter, which reports the same integers under the same node names.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import onnx_ir as ir
 import torch
 import tqdm
 
-from kirin_compiler import accounting, feeds, roles
-from kirin_compiler.backends.torch_kirin import Probe
+from kirin_compiler import accounting, execution, feeds, roles
+from kirin_compiler.execution import Probe
 from kirin_compiler.errors import KirinError
 from kirin_compiler.instruments import format_table
 from kirin_compiler.kirin_ops import SPIKE_MATMUL, SPIKING_SOURCES, is_kirin
@@ -54,6 +58,7 @@ class Report:
     timesteps: accounting.TimeSteps
     runs: int
     decode_steps: int = 0  # of the runs, those that were one token on a KV cache
+    claim: str = "the snn mode equals the qann mode"  # what an OK run proves
 
     @property
     def ok(self) -> bool:
@@ -85,7 +90,7 @@ class Report:
 
     def summary(self) -> str:
         t = self.timesteps
-        verdict = "OK: the snn mode equals the qann mode" if self.ok else "MISMATCH"
+        verdict = f"OK: {self.claim}" if self.ok else "MISMATCH"
         lines = [
             f"time steps: {t.total} in total, {t.baseline_total} with 8-bit single spikes "
             f"({t.reduction:.2%} fewer)",
@@ -112,19 +117,23 @@ def check(
     names: feeds.DecoderInputs,
     decode_steps: int = 0,
     progress: bool = True,
+    candidate: execution.Backend | None = None,
+    reference: str = "qann",
 ) -> Report:
-    """Runs ``model`` in the qann and snn modes on every window of token ids and compares them.
+    """Runs ``model`` on every window of token ids in the ``reference`` mode of the default
+    backend and, as the candidate, in the snn mode of ``candidate`` (the default backend
+    unless another is given: a listing's interpreter), and compares them.
 
     With ``decode_steps`` (a model with a KV cache), the last ``decode_steps`` tokens of each
     window are decode steps: one token a run, after a first run on the tokens before them. Both
-    modes get the cache the qann mode returned, so every step is compared on the same input (the
-    snn mode's cache is compared as an output of the run before)."""
-    from kirin_compiler.backends import torch_backend
-
+    runs get the cache the reference returned, so every step is compared on the same input (the
+    candidate's cache is compared as an output of the run before)."""
     require_spiking(model)
+    default = execution.backend()
+    candidate = candidate or default
     recorder, comparer = _Recorder(), _Comparer()
-    qann = torch_backend.lower(model, "qann", recorder)
-    snn = torch_backend.lower(model, "snn", comparer)
+    expected_program = default.lower(model, reference, recorder)
+    actual_program = candidate.lower(model, "snn", comparer)
     compared = mismatched = runs = 0
     bar = tqdm.tqdm(total=len(windows) * (1 + decode_steps), desc="verify", unit="run", disable=not progress)
     for window in windows:
@@ -132,9 +141,9 @@ def check(
         cache = None
         for start, stop in [(0, first), *((t, t + 1) for t in range(first, window.shape[1]))]:
             feed = names.feed(model, window[:, start:stop], cache)
-            expected = torch_backend.run(qann, model, feed)
+            expected = default.run(expected_program, model, feed)
             comparer.reference = recorder.take()
-            actual = torch_backend.run(snn, model, feed)
+            actual = candidate.run(actual_program, model, feed)
             comparer.finish_run()
             for a, b in zip(expected, actual):
                 compared += a.size
@@ -153,6 +162,7 @@ def check(
         timesteps=accounting.timesteps(model.graph),
         runs=runs,
         decode_steps=len(windows) * decode_steps,
+        claim=f"{'the listing' if candidate is not default else 'the snn mode'} equals the {reference} mode",
     )
 
 

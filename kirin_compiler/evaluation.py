@@ -8,31 +8,23 @@ perplexity is ``exp(total NLL / scored tokens)``.
 
 `evaluate` runs a model in one or more execution modes on the same windows. Where both the
 ``qann`` and the ``snn`` mode run, it compares their logits bit for bit, window by window: the
-spiking network must give exactly the integer network's outputs. The model runs on an
-`Executor` (the torch backend: ``kirin_compiler.backends.torch_backend``).
+spiking network must give exactly the integer network's outputs. The model runs on a
+`kirin_compiler.execution.Backend` (the torch backend, from ``execution.backend()``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx_ir as ir
 import torch
 import tqdm
 
-from kirin_compiler import feeds
+from kirin_compiler import execution, feeds
 from kirin_compiler.equivalence import bitwise_differences
-
-
-class Executor(Protocol):
-    """What runs a model: ``lower`` once per mode, then ``run`` on each input."""
-
-    def lower(self, model: ir.Model, mode: str) -> Any: ...
-
-    def run(self, module: Any, model: ir.Model, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +57,7 @@ def evaluate(
     model: ir.Model,
     windows: Sequence[np.ndarray],
     modes: Sequence[str],
-    executor: Executor,
+    executor: execution.Backend,
     label: str = "",
     progress: bool = False,
 ) -> list[Score]:

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from kirin_compiler import arithmetic as ka
-from kirin_compiler.backends.torch_kirin import ActQuant, Probe, SpikeMatMul, TTFSEncoder, TTFSNeuron
+from kirin_compiler.backends.torch_kirin import ActQuant, SpikeMatMul, TTFSEncoder, TTFSNeuron
+from kirin_compiler.execution import Probe
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

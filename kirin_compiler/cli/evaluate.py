@@ -20,9 +20,8 @@ from typing import Sequence
 
 import onnx_ir as ir
 
-from kirin_compiler import calibration, evaluation, feeds, files
-from kirin_compiler.backends import torch_backend
-from kirin_compiler.backends.torch_kirin import MODES
+from kirin_compiler import calibration, evaluation, execution, feeds, files
+from kirin_compiler.execution import MODES
 from kirin_compiler.cli import _common
 from kirin_compiler.compiler import DEFAULT_PIPELINE, compile_model
 from kirin_compiler.errors import KirinError
@@ -106,7 +105,7 @@ def main(argv: Sequence[str]) -> int:
 
     def score(model, configuration: Configuration, modes: Sequence[str], path: pathlib.Path) -> None:
         with _common.failing_on(str(path), args.text, ids):
-            result = evaluation.evaluate(model, windows, modes, torch_backend, configuration.label, progress)
+            result = evaluation.evaluate(model, windows, modes, execution.backend(), configuration.label, progress)
         scores.extend((configuration, s) for s in result)
 
     for path in paths:

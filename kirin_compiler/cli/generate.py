@@ -15,8 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kirin_compiler import feeds
-from kirin_compiler.backends import torch_backend
+from kirin_compiler import execution, feeds
 from kirin_compiler.cli import _common
 from kirin_compiler.errors import KirinError
 
@@ -32,7 +31,8 @@ def main(argv: Sequence[str]) -> int:
         raise KirinError(f"--prompt {args.prompt!r} tokenizes to no tokens; give some text")
     ids = np.asarray([prompt], dtype=np.int64)
     _common.check_vocabulary(model, names, ids, "--prompt")
-    module = torch_backend.lower(model, args.mode)
+    backend = execution.backend()
+    module = backend.lower(model, args.mode)
     shown = tokenizer.decode(prompt)
     print(shown, end="", flush=True)
     start = time.perf_counter()
@@ -40,7 +40,7 @@ def main(argv: Sequence[str]) -> int:
     step, cache = ids, None  # the tokens of the next run, and the cache it runs on
     with _common.failing_on(args.model, "--prompt", ids):
         for _ in range(args.max_new_tokens):
-            outputs = torch_backend.run(module, model, names.feed(model, step, cache))
+            outputs = backend.run(module, model, names.feed(model, step, cache))
             token = int(outputs[0][0, -1].argmax())
             new.append(token)
             ids = np.concatenate([ids, [[token]]], axis=1)

@@ -11,8 +11,7 @@ from typing import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from kirin_compiler import feeds
-from kirin_compiler.backends import torch_backend
+from kirin_compiler import execution, feeds
 from kirin_compiler.cli import _common
 from kirin_compiler.errors import KirinError
 from kirin_compiler.format import atomic_path, check_writable
@@ -40,9 +39,10 @@ def main(argv: Sequence[str]) -> int:
         inputs = names.feed(model, ids)
         _common.check_vocabulary(model, names, ids, args.input)
         shown = names.described()
-    module = torch_backend.lower(model, args.mode)
+    backend = execution.backend()
+    module = backend.lower(model, args.mode)
     with _common.failing_on(args.model, args.input, ids):
-        outputs = torch_backend.run(module, model, inputs)
+        outputs = backend.run(module, model, inputs)
     for name, what in shown.items():
         print(f"input       {name}: {list(inputs[name].shape)} {what}")
     for value, array in zip(model.graph.outputs, outputs):

@@ -10,7 +10,7 @@ from kirin_models import calibrated, compiled, mlp
 
 from kirin_compiler import accounting, calibration, compile_model, load_model
 from kirin_compiler.backends import torch_backend
-from kirin_compiler.backends.torch_kirin import Probe
+from kirin_compiler.execution import Probe
 from kirin_compiler.errors import KirinError
 
 from conftest import TINY_LLAMA

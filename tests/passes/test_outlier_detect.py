@@ -10,7 +10,8 @@ from kirin_models import calibrated, compiled, inputs, mlp, node_lines
 
 from kirin_compiler import compile_model
 from kirin_compiler.backends import torch_backend
-from kirin_compiler.backends.torch_kirin import ActQuant, Probe
+from kirin_compiler.backends.torch_kirin import ActQuant
+from kirin_compiler.execution import Probe
 from kirin_compiler.errors import KirinError, PassFailedError
 
 AFTER_TOKEN = [
