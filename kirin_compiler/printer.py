@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["format_model", "format_node", "format_value_type"]
+__all__ = ["format_dtype", "format_model", "format_node", "format_scalar", "format_value_type"]
 
 _HEADER = "# kirin-ir 1"
 _INLINE_MAX_ELEMENTS = 8
@@ -94,6 +94,17 @@ def format_value_type(value: ir.Value) -> str:
         type_ = ir.TensorType(tensor.dtype) if type_ is None else type_
         shape = tensor.shape if shape is None else shape
     return _type_text(type_, shape)
+
+
+def format_dtype(dtype: ir.DataType) -> str:
+    """Return a data type as the dump prints it, e.g. ``f32``, ``i4``, ``bool``."""
+    return _dtype_text(dtype)
+
+
+def format_scalar(item: Any, dtype: ir.DataType) -> str:
+    """Return one element of a constant as the dump prints it (the shortest text that reads
+    back as the same value)."""
+    return _scalar_text(item, dtype)
 
 
 def _graph_text(graph: ir.Graph, indent: int, show_meta: bool) -> str:

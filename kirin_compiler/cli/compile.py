@@ -9,7 +9,7 @@ import sys
 import textwrap
 from typing import Sequence
 
-from kirin_compiler import __version__, files
+from kirin_compiler import __version__, execution, files
 from kirin_compiler.accounting import KEY_TIMESTEPS
 from kirin_compiler.cli import _common
 from kirin_compiler.compiler import DEFAULT_PIPELINE, compile_model
@@ -51,6 +51,7 @@ commands:
 
 examples:
   kirinc model.onnx -o model.kirin --calib calib_ids.npy
+  kirinc model.kirin --emit listing -o model.nl
   kirinc model.onnx -o model.kirin --calib wiki.txt --tokenizer tok/ --dump-dir dumps
   kirinc model.onnx -o model.onnx.canonical -p canonicalize
   kirinc model.onnx --load-pass my_passes.py:DropMulByOnePass -p "canonicalize,drop-mul-by-one"
@@ -77,7 +78,12 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if args.input is None:
         raise KirinError("no input model given; usage: kirinc MODEL -o OUT.kirin (see --help)")
-    passes = registry.parse_pipeline(args.passes)
+    listing = args.emit == "listing"
+    if listing and args.output is None:
+        raise KirinError("--emit listing needs -o OUT.nl: the listing and its weights file are written there")
+    if args.passes is None:  # a .kirin input is emitted as it was compiled
+        args.passes = "" if listing and pathlib.Path(args.input).suffix == ".kirin" else DEFAULT_PIPELINE
+    passes = registry.parse_pipeline(args.passes) if args.passes else []
     names = [p.name for p in passes]
     for name in args.print_ir_after:
         registry[name]  # an unknown name fails here, with the list of known ones
@@ -85,14 +91,17 @@ def main(argv: Sequence[str]) -> int:
             raise KirinError(
                 f"--print-ir-after '{name}': the pipeline ({', '.join(names)}) does not run it"
             )
-    if args.output is not None:
-        check_writable(args.output)
-        if pathlib.Path(args.output).resolve() == pathlib.Path(args.input).resolve():
-            raise KirinError(f"output '{args.output}' is the input file; choose another name")
+    outputs = [] if args.output is None else [pathlib.Path(args.output)]
+    if listing:
+        outputs.append(execution.backend("neuro").weights_path(args.output))
+    for output in outputs:
+        check_writable(output)
+        if output.resolve() == pathlib.Path(args.input).resolve():
+            raise KirinError(f"output '{output}' is the input file; choose another name")
     instruments = _instruments(args)
     model = load_model(args.input)
-    if args.output is not None:  # checked again when saving; here, before any work
-        check_not_weights_in_use(model, [pathlib.Path(args.output)])
+    if outputs:  # checked again when saving; here, before any work
+        check_not_weights_in_use(model, outputs)
     calibrating = [p.name for p in passes if p.needs_calibration]
     if calibrating and args.calib is None:
         raise KirinError(
@@ -102,12 +111,15 @@ def main(argv: Sequence[str]) -> int:
         )
     if args.calib is not None:
         _common.attach_calibration(args, model)
-    if args.output is not None:  # every input is read by now: none of them may be the output
-        files.check_output(args.output)
-    compile_model(model, passes, instruments=instruments, stop_after=args.stop_after)
+    for output in outputs:  # every input is read by now: none of them may be an output
+        files.check_output(output)
+    if passes:
+        compile_model(model, passes, instruments=instruments, stop_after=args.stop_after)
     if args.output is None:
         print("kirinc: no -o given: nothing written", file=sys.stderr)
         return 0
+    if listing:
+        return _write_listing(model, args)
     # A .kirin input keeps the provenance of the model it was first compiled from.
     is_kirin = KEY_FORMAT_VERSION in model.metadata_props
     source = None if is_kirin else source_provenance(args.input)
@@ -127,6 +139,18 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _write_listing(model, args: argparse.Namespace) -> int:
+    """The model as an instruction listing and its weights file (the neuro backend)."""
+    source = source_provenance(args.input)
+    written = execution.backend("neuro").write(model, args.output, source["file"], source["sha256"])
+    print(
+        f"kirinc: wrote {written.listing} ({written.instructions:,} instructions; {written.steps}) and "
+        f"{written.weights} ({_common.sizes([written.weights])})",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     parser = _common.ArgumentParser(
         prog="kirinc",
@@ -135,10 +159,16 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input", nargs="?", metavar="MODEL", help="ONNX or .kirin file to compile")
-    parser.add_argument("-o", "--output", metavar="OUT", help="write the compiled .kirin file here")
+    parser.add_argument("-o", "--output", metavar="OUT", help="write the compiled .kirin file (or the listing) here")
     parser.add_argument(
-        "-p", "--passes", default=DEFAULT_PIPELINE, metavar="PIPELINE",
-        help='passes to run, in order: "name,name{option=value,...}" (default: %(default)s)',
+        "--emit", choices=("kirin", "listing"), default="kirin",
+        help="what -o writes: the .kirin model, or its instruction listing (docs/isa.md) and, beside "
+        "it, its weights file OUT.nlw (default: %(default)s)",
+    )
+    parser.add_argument(
+        "-p", "--passes", metavar="PIPELINE",
+        help='passes to run, in order: "name,name{option=value,...}" (default: '
+        f"{DEFAULT_PIPELINE}; none for a .kirin input with --emit listing)",
     )
     parser.add_argument(
         "--load-pass", action="append", default=[], metavar="MODULE:CLASS",

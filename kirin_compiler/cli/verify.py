@@ -11,7 +11,7 @@ from typing import Sequence
 
 import onnx_ir as ir
 
-from kirin_compiler import calibration, equivalence, feeds
+from kirin_compiler import calibration, equivalence, execution, feeds
 from kirin_compiler.cli import _common
 from kirin_compiler.errors import KirinError
 from kirin_compiler.format import load_model
@@ -21,6 +21,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     model = load_model(args.model)
     equivalence.require_spiking(model)
+    candidate = None if args.listing is None else execution.backend("neuro").ListingFile(args.listing)
     names = feeds.decoder_inputs(model, "kirinc verify")  # inputs it can feed, before any work
     recorded = None
     if args.input is None:  # the calibration inputs, as compiled, unless the user says otherwise
@@ -42,10 +43,14 @@ def main(argv: Sequence[str]) -> int:
             )
     steps = _decode_steps(args, names)
     windows = calibration.windows(ids, args.length, args.windows)
-    print(f"kirinc: verifying {args.model} on {len(windows)} window(s) of {args.input}"
+    what = args.model if candidate is None else f"the listing {args.listing} against {args.model}'s snn mode"
+    print(f"kirinc: verifying {what} on {len(windows)} window(s) of {args.input}"
           + (f", the last {steps} tokens of each as decode steps" if steps else ""), file=sys.stderr)
     with _common.failing_on(args.model, args.input, ids):
-        report = equivalence.check(model, windows, names, steps, progress=sys.stderr.isatty())
+        report = equivalence.check(
+            model, windows, names, steps, progress=sys.stderr.isatty(), candidate=candidate,
+            reference="qann" if candidate is None else "snn",
+        )
     print(report.table())
     print(report.summary(), end="")
     return 0 if report.ok else 1
@@ -56,10 +61,12 @@ def parser() -> argparse.ArgumentParser:
         prog="kirinc verify",
         description="Run a compiled model in the qann mode (integer reference) and the snn mode\n"
         "(time-stepped spikes), compare every integer accumulator, code and output bit for\n"
-        "bit, and print a per-layer table. Exits with status 1 on any mismatch.",
+        "bit, and print a per-layer table. With --listing, run the model's instruction listing\n"
+        "on its interpreter against the snn mode instead. Exits with status 1 on any mismatch.",
         epilog="examples:\n  kirinc verify model.kirin                  (its calibration inputs)\n"
         "  kirinc verify model.kirin --input ids.npy\n"
-        "  kirinc verify model.kirin --input wiki.txt --tokenizer tok/ --windows 2",
+        "  kirinc verify model.kirin --input wiki.txt --tokenizer tok/ --windows 2\n"
+        "  kirinc verify model.kirin --listing model.nl",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", metavar="MODEL", help=".kirin file")
@@ -69,6 +76,11 @@ def parser() -> argparse.ArgumentParser:
         "model was compiled with, if their file is still there and unchanged",
     )
     parser.add_argument("--tokenizer", metavar="DIR", help="folder with a tokenizer.json, for text")
+    parser.add_argument(
+        "--listing", metavar="FILE",
+        help="an instruction listing of the model (kirinc MODEL --emit listing -o FILE), with its "
+        "weights file beside it: check it against the snn mode",
+    )
     parser.add_argument("--length", type=int, metavar="N",
                         help="tokens per window (default: the calibration's, or 512 with --input)")
     parser.add_argument("--windows", type=int, metavar="N",
