@@ -28,8 +28,12 @@ class Names:
 
 
 def constant(graph: ir.Graph, array: np.ndarray, name: str, names: Names | None = None) -> ir.Value:
-    """A new initializer holding ``array`` (int4 arrays of `ml_dtypes` are stored as INT4)."""
+    """A new initializer holding ``array`` (int4 arrays of `ml_dtypes` are stored as INT4), in
+    C order, as a file holds it: a transposed view kept as it is would make the backends that
+    read it in place (the torch backend's products) compute in another order than on the
+    same model loaded from its file, or from its listing's weights."""
     fresh = names.fresh(name) if names is not None else unique(graph, name)
+    array = np.ascontiguousarray(array)
     value = ir.Value(name=fresh, const_value=ir.tensor(array))
     value.shape = ir.Shape(array.shape)
     value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))

@@ -262,6 +262,7 @@ _TOKEN = re.compile(
   | (?P<number>[-+]?(?:[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+|inf\b|nan\b|[0-9]+))
   | (?P<word>[A-Za-z_][A-Za-z0-9_.+/\-]*|\.[a-z]+)
   | (?P<punct>[=,:{}\[\]])
+  | (?P<other>\S)
     """,
     re.VERBOSE,
 )
@@ -281,14 +282,14 @@ class _Line:
         self.path, self.number = path, number
         self.tokens: list[_Token] = []
         self.comment = ""
+        self.code = text  # the line without its comment
         position = 0
         while position < len(text):
             match = _TOKEN.match(text, position)
-            if match is None:
-                self.fail(position + 1, f"unexpected character {text[position]!r}")
             kind = match.lastgroup
             if kind == "comment":
                 self.comment = match.group()[1:].strip()
+                self.code = text[:position]
             elif kind != "space":
                 self.tokens.append(_Token(kind, match.group(), position + 1))
             position = match.end()
@@ -309,6 +310,14 @@ class _Line:
             self.fail(token.column if token else self.end_column, f"expected {wanted}, found {found}")
         self.index += 1
         return token
+
+    def rest(self) -> str:
+        """The rest of the line as written (without its comment); it is all read then."""
+        token = self.peek()
+        if token is None:
+            self.fail(self.end_column, "expected more, found the end of the line")
+        self.index = len(self.tokens)
+        return self.code[token.column - 1 :].strip()
 
     def accept(self, text: str) -> bool:
         token = self.peek()
@@ -388,9 +397,7 @@ def _directive(line: _Line) -> Directive:
         size = _int(line)
         fields = {"tensor": Tensor(index, dtype, tuple(shape), offset, size, _string(line))}
     elif kind == "input":
-        register = _register(line)
-        dtype = line.take("word", what="a data type").text
-        fields = {"register": register, "type": dtype + "[" + ", ".join(_dims(line, integers=False)) + "]"}
+        fields = {"register": _register(line), "type": line.rest()}
     elif kind == "output":
         fields = {"register": _register(line)}
     else:
@@ -488,15 +495,15 @@ def _immediate(line: _Line) -> Immediate:
     shape = tuple(int(d) for d in _dims(line, integers=True)) if line.peek().text == "[" else None
     line.take("punct", "{")
     values = []
-    while True:
+    while not line.accept("}"):
         token = line.peek()
         if token is None or token.kind not in ("number", "word", "string"):
             line.fail(token.column if token else line.end_column, "expected a value of the constant")
         values.append(token.text)
         line.index += 1
         if not line.accept(","):
+            line.take("punct", "}")
             break
-    line.take("punct", "}")
     return Immediate(dtype, shape, tuple(values))
 
 
