@@ -10,6 +10,7 @@ verify --listing`` checks it against the torch backend bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 from typing import Mapping, Sequence
@@ -23,7 +24,8 @@ from kirin_compiler.backends.neuro.listing import Listing, ListingError, format_
 from kirin_compiler.backends.neuro.weights import sha256
 from kirin_compiler.errors import KirinError
 from kirin_compiler.execution import Probe
-from kirin_compiler.format import atomic_path
+from kirin_compiler.format import atomic_path, source_provenance
+from kirin_compiler.metadata import KEY_SOURCE
 
 __all__ = ["ListingError", "ListingFile", "Program", "Written", "emit", "format_listing", "load", "lower", "parse", "run", "write"]
 
@@ -125,5 +127,16 @@ class ListingFile:
                 f"the model {', '.join(ours[1])} from {', '.join(ours[0])}: it was emitted from another model"
             )
         return Program(self.program.listing, self.program.data, str(self.path), probe)
+
+    def check_source(self, model: ir.Model, model_path: str | os.PathLike) -> None:
+        """Refuses a listing emitted from neither the file at ``model_path`` nor the model it was
+        compiled from (its ``.model`` line names the file and its SHA-256)."""
+        emitted = self.program.listing.directive("model").fields
+        source = json.loads(model.metadata_props.get(KEY_SOURCE, "{}") or "{}")
+        if emitted["sha256"] not in (source_provenance(model_path)["sha256"], source.get("sha256")):
+            raise KirinError(
+                f"the listing '{self.path}' was emitted from {emitted['file']}, not from this model or "
+                "its source: emit it from this model (kirinc MODEL --emit listing -o FILE)"
+            )
 
     run = staticmethod(run)

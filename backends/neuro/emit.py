@@ -58,6 +58,11 @@ def emit(model: ir.Model, model_file: str, model_sha256: str, weights_name: str)
 
 
 def _check(model: ir.Model) -> None:
+    if not any(is_kirin(node, SPIKE_MATMUL) for node in model.graph):
+        raise KirinError(
+            "the model has no spiking products: a listing is a spiking network; compile it with "
+            "the Kirin pipeline (quantize ... threshold-insert) first"
+        )
     for node in model.graph:
         if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
             raise UnsupportedOpError(node.name, node.op_type, "has a subgraph: a listing has no control flow")
@@ -160,8 +165,7 @@ class _Emitter:
                     attributes["trace"] = 1
             self._instruction(product, "sacc" if product is spiking else "imac", operands, attributes)
         self.lines.append(Instruction("end"))
-        for product in products:
-            self._free_after(product)
+        self._free_after(*products)
 
     def _synapses(self, product: ir.Node) -> Register:
         """The register of a product's right operand: for a constant weight its synapses
@@ -177,13 +181,13 @@ class _Emitter:
             self.lines.append(Instruction("syn", [register], operands, {"group": group}))
             self.synapses[weight] = register
             # the codes, sub-scales and offsets are in the synapses now, unless another op reads them
-            freed = [self.loaded.pop(v) for v in dict.fromkeys(parts) if v is not None and _only_products_read(v)]
+            freed = [self.loaded.pop(v) for v in dict.fromkeys(parts) if v in self.loaded and _only_products_read(v)]
             if freed:
                 self.lines.append(Instruction("free", operands=freed))
         return self.synapses[weight]
 
     def _emit(self, node: ir.Node, mnemonic: str, attributes: dict, op: str | None = None) -> None:
-        operands = [self._operand(v) for v in node.inputs]
+        operands = [self._operand(v, inline=op is not None) for v in node.inputs]
         self._instruction(node, mnemonic, operands, attributes, op)
         self._free_after(node)
 
@@ -193,10 +197,10 @@ class _Emitter:
             mnemonic, outputs, operands, attributes, label=node.name, op=op, comment=self.energy.get(node.name, ""),
         ))
 
-    def _free_after(self, node: ir.Node) -> None:
-        """Frees the buffers ``node`` reads last (the graph outputs stay)."""
+    def _free_after(self, *nodes: ir.Node) -> None:
+        """Frees the buffers ``nodes`` read last (the graph outputs stay)."""
         dead = []
-        for value in dict.fromkeys(v for v in node.inputs if v is not None):
+        for node, value in dict.fromkeys((n, v) for n in nodes for v in n.inputs if v is not None):
             if value.is_graph_output() or self.schedule.last_use.get(value) is not node:
                 continue
             if value.const_value is not None and value.producer() is None:
@@ -204,20 +208,22 @@ class _Emitter:
                     dead.append(self.loaded.pop(value))
                 if value in self.synapses:
                     dead.append(self.synapses.pop(value))
-            elif value.name:
+            elif value.name and _register(value) not in dead:
                 dead.append(_register(value))
         if dead:
             self.lines.append(Instruction("free", operands=dead))
 
     # operands
 
-    def _operand(self, value: ir.Value | None):
+    def _operand(self, value: ir.Value | None, inline: bool = False):
+        """A value as an operand: its register, loading a constant first (a host operation's
+        small integer list or scalar, with ``inline``, is written in the line)."""
         if value is None or (not value.name and value.producer() is None):
             return None
         tensor = value.const_value
         if tensor is None or value.producer() is not None:
             return _register(value)
-        if _inline(tensor):
+        if inline and _inline(tensor):
             return _immediate(tensor)
         if value not in self.loaded:
             register = _register(value)

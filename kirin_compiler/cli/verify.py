@@ -21,7 +21,10 @@ def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     model = load_model(args.model)
     equivalence.require_spiking(model)
-    candidate = None if args.listing is None else execution.backend("neuro").ListingFile(args.listing)
+    candidate = None
+    if args.listing is not None:
+        candidate = execution.backend("neuro").ListingFile(args.listing)
+        candidate.check_source(model, args.model)
     names = feeds.decoder_inputs(model, "kirinc verify")  # inputs it can feed, before any work
     recorded = None
     if args.input is None:  # the calibration inputs, as compiled, unless the user says otherwise
