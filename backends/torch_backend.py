@@ -71,13 +71,13 @@ def lower(
     ``ai.kirin`` ops become modules of `torch_kirin` running in ``mode`` (``float``, ``qann`` or
     ``snn``) and reporting to ``probe``; standard ops are the same in every mode. ``outputs``
     replaces the graph outputs (and nodes that neither reach them nor report to the probe are
-    dropped: calibration stops at the last quantizer). A probe that counts operations also
-    gets the float work of every standard node (`kirin_compiler.accounting`) when it runs."""
+    dropped: calibration stops at the last quantizer). A probe that counts float operations
+    also gets the float work of every standard node (`kirin_compiler.accounting`) when it runs."""
     if mode not in MODES:
         raise KirinError(f"unknown mode '{mode}': use one of {', '.join(MODES)}")
     probe = probe or Probe()
     module = _Lowering(model, mode, probe).run(outputs)
-    if probe.counts_operations:
+    if probe.counts_float_ops:
         module.float_op_counter = _FloatOpCounter(module, {node.name: node for node in model.graph}, probe)
     return module
 

@@ -145,6 +145,7 @@ def count_operations(
     standard nodes as ``FLOAT_OP_COST`` says)."""
     backend = execution.backend()
     probe = CountingProbe()
+    probe.counts_float_ops = True
     program = backend.lower(model, mode, probe)
     for feed in feeds:
         backend.run(program, model, feed)

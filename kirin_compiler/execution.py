@@ -35,11 +35,12 @@ MODES: tuple[Mode, ...] = ("float", "qann", "snn")
 class Probe:
     """Receives what the Kirin ops compute and do while a model runs; ignores it all.
 
-    A subclass sets ``records_integers`` and ``counts_operations`` to receive those reports:
-    the backends skip the work of making reports nobody reads."""
+    A subclass sets ``records_integers``, ``counts_operations`` and ``counts_float_ops`` to
+    receive those reports: the backends skip the work of making reports nobody reads."""
 
     records_integers = False
     counts_operations = False
+    counts_float_ops = False  # the standard nodes' float work too (the torch backend then runs node by node)
 
     def observe(self, node: str, x: torch.Tensor, axis: int) -> None:
         """An activation quantizer's float input (``float`` mode only)."""

@@ -33,7 +33,8 @@ def constant(graph: ir.Graph, array: np.ndarray, name: str, names: Names | None 
     read it in place (the torch backend's products) compute in another order than on the
     same model loaded from its file, or from its listing's weights."""
     fresh = names.fresh(name) if names is not None else unique(graph, name)
-    array = np.ascontiguousarray(array)
+    if not array.flags.c_contiguous:  # (np.ascontiguousarray would make a scalar a vector)
+        array = np.ascontiguousarray(array)
     value = ir.Value(name=fresh, const_value=ir.tensor(array))
     value.shape = ir.Shape(array.shape)
     value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))

@@ -104,7 +104,9 @@ class OutlierDetectPass(Pass):
         node.attributes["outliers"] = ir.AttrString("outliers", "none")
         if stats.errors is not None:
             clip = ACT_CLIPS[int(np.argmin(stats.errors))]  # the first (largest) on a tie
-            node.attributes["clip"] = ir.AttrFloat32("clip", clip)
+            # as the file holds it (a float attribute is float32): the model in memory then
+            # computes what its file does
+            node.attributes["clip"] = ir.AttrFloat32("clip", float(np.float32(clip)))
         if static:
             self._static_scales(graph, node, stats, count if axis == -1 else 0, names)
         elif axis == -1 and count:

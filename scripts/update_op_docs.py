@@ -13,6 +13,8 @@ The IR dumps of ir_format.md are the printer's golden files (``tests/test_printe
 those against the printer), and the diff of writing_passes.md comes from running that page's
 own pass file and command. The energy report's examples are of the two trained models,
 models/wiki_llama.onnx and models/wiki_opt.onnx, compiled as ``make demo`` compiles the first.
+The instruction listing of docs/isa.md (and the whole of it, docs/examples/tiny_llama.nl) is
+models/tiny_llama.onnx's, emitted by the commands that page shows.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from kirin_compiler.kirin_ops import KIRIN_DOMAIN, KIRIN_OPSET_VERSION  # noqa: 
 from kirin_compiler.printer import format_model  # noqa: E402
 
 DOCS = [REPO / "docs" / name for name in (
-    "kirin_ops.md", "arithmetic.md", "backends.md", "writing_passes.md", "ir_format.md", "energy.md")]
+    "kirin_ops.md", "arithmetic.md", "backends.md", "writing_passes.md", "ir_format.md", "energy.md", "isa.md")]
+LISTING = pathlib.Path("docs/examples/tiny_llama.nl")  # with the weights file beside it, not kept
 ENERGY_CHART = pathlib.Path("docs/images/energy_wiki_llama.png")
 QUANTIZE = "canonicalize,quantize"
 OUTLIERS = QUANTIZE + ",outlier-detect"
@@ -277,6 +280,69 @@ def documented_pass_diff() -> str:
     return "\n".join(lines[start : end + 1])
 
 
+@functools.cache
+def listing_folder() -> pathlib.Path:
+    """A folder laid out as the repository where models/tiny_llama.onnx is compiled and emitted
+    as docs/examples/tiny_llama.nl, as docs/isa.md says."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="kirin-isa-docs-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    (folder / "models").symlink_to(REPO / "models")
+    (folder / LISTING.parent).mkdir(parents=True)
+    return folder
+
+
+EMIT = ["models/tiny_llama.onnx", "--emit", "listing", "-o", str(LISTING), "--calib", "models/tiny_llama_ids.npy",
+        "--no-calib-cache"]
+COMPILE = ["models/tiny_llama.onnx", "-o", "tiny_llama.kirin", "--calib", "models/tiny_llama_ids.npy", "--no-calib-cache"]
+VERIFY = ["verify", "tiny_llama.kirin", "--listing", str(LISTING), "--input", "models/tiny_llama_ids.npy"]
+
+
+def console(*commands: list[str]) -> str:
+    """Each command as typed and what it prints (standard output and error), in the listing
+    folder."""
+    lines = []
+    for argv in commands:
+        output = io.StringIO()
+        with contextlib.chdir(listing_folder()), contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            main(list(argv))
+        lines += [f"$ kirinc {' '.join(argv)}", output.getvalue().rstrip("\n")]
+    return "\n".join(lines)
+
+
+@functools.cache
+def emitted_listing() -> str:
+    """docs/examples/tiny_llama.nl as the emit command writes it."""
+    console(EMIT)
+    return (listing_folder() / LISTING).read_text()
+
+
+def listing_header() -> str:
+    """The listing's first lines, up to the second tensor, and its inputs and outputs."""
+    lines = emitted_listing().splitlines()
+    tensors = [i for i, line in enumerate(lines) if line.startswith(".tensor")]
+    return "\n".join(lines[: tensors[1] + 1] + ["..."] + lines[tensors[-1] + 1 : tensors[-1] + 5])
+
+
+def listing_layer() -> str:
+    """Decoder layer 0 as the core runs it: its neuron, synapse and schedule instructions (the
+    host operations, loads and frees left out), from its first encoder to the next layer's."""
+    lines = emitted_listing().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("layers.0.q.in0: enc"))
+    stop = next(i for i, line in enumerate(lines) if line.startswith("layers.1.q.in0: enc"))
+    kept = [line for line in lines[start:stop] if not re.match(r"(\S+: )?(host|load|free)\b", line)]
+    return "\n".join(kept)
+
+
+def listing_error() -> str:
+    """A malformed listing's one line: a load of a tensor the weights file does not have."""
+    folder = listing_folder()
+    emitted_listing()
+    bad = folder / "docs/examples/bad.nl"
+    bad.write_text(emitted_listing().replace("= @3\n", "= @300\n", 1))
+    console(COMPILE)
+    return console(["verify", "tiny_llama.kirin", "--listing", "docs/examples/bad.nl"])
+
+
 BLOCKS = {
     # docs/kirin_ops.md
     "opset-refusal": ("console", opset_refusal),
@@ -316,6 +382,12 @@ BLOCKS = {
     "energy-wiki-opt": ("text", lambda: energy_comparison("wiki_opt")),
     "energy-presets": ("text", energy_presets),
     "energy-preset-error": ("console", preset_error),
+    # docs/isa.md
+    "listing-emit": ("console", lambda: console(EMIT)),
+    "listing-header": ("text", listing_header),
+    "listing-layer": ("text", listing_layer),
+    "listing-verify": ("console", lambda: (emitted_listing(), console(COMPILE, VERIFY))[1]),
+    "listing-error": ("console", listing_error),
 }
 
 
@@ -352,3 +424,6 @@ if __name__ == "__main__":
         print(f"{doc.relative_to(REPO)}: {', '.join(changed) or 'up to date'}")
     shutil.copyfile(trained("wiki_llama") / ENERGY_CHART, REPO / ENERGY_CHART)
     print(f"{ENERGY_CHART}: written")
+    (REPO / LISTING).parent.mkdir(exist_ok=True)
+    (REPO / LISTING).write_text(emitted_listing())
+    print(f"{LISTING}: written")

@@ -26,3 +26,9 @@ def test_generated_blocks_are_current(doc):
         f"{doc.name} is out of date: run .venv/bin/python scripts/update_op_docs.py"
     )
     assert fresh == text
+
+
+def test_the_example_listing_is_what_the_emitter_writes():
+    assert (REPO / update_op_docs.LISTING).read_text() == update_op_docs.emitted_listing(), (
+        "docs/examples/tiny_llama.nl is out of date: run .venv/bin/python scripts/update_op_docs.py"
+    )

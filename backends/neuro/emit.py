@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx_ir as ir
 
 from kirin_compiler import printer
@@ -303,10 +304,14 @@ def _plain(node: ir.Node, attr: ir.Attr):
         return attr.value.decode() if isinstance(attr.value, bytes) else attr.value
     if kind == ir.AttributeType.STRINGS:
         return [v.decode() if isinstance(v, bytes) else v for v in attr.value]
-    if kind in (ir.AttributeType.INT, ir.AttributeType.FLOAT):
+    if kind == ir.AttributeType.INT:
         return attr.value
-    if kind in (ir.AttributeType.INTS, ir.AttributeType.FLOATS):
+    if kind == ir.AttributeType.FLOAT:  # float32, as a file holds it
+        return float(np.float32(attr.value))
+    if kind == ir.AttributeType.INTS:
         return list(attr.value)
+    if kind == ir.AttributeType.FLOATS:
+        return [float(np.float32(v)) for v in attr.value]
     raise UnsupportedOpError(node.name, node.op_type, f"attribute '{attr.name}' of type {kind.name} has no listing form")
 
 
