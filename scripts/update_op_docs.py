@@ -338,9 +338,11 @@ def listing_error() -> str:
     folder = listing_folder()
     emitted_listing()
     bad = folder / "docs/examples/bad.nl"
-    bad.write_text(emitted_listing().replace("= @3\n", "= @300\n", 1))
+    bad.write_text(re.sub(r"= @3\b", "= @300", emitted_listing(), count=1))
     console(COMPILE)
-    return console(["verify", "tiny_llama.kirin", "--listing", "docs/examples/bad.nl"])
+    text = console(["verify", "tiny_llama.kirin", "--listing", "docs/examples/bad.nl"])
+    assert "kirinc: error: " in text, text
+    return text
 
 
 BLOCKS = {

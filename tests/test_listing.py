@@ -251,7 +251,7 @@ MALFORMED = {
                                      lambda t: _at(t, "fc1, %fc1.wq.syn", "operand 1 of 'sacc' must be a register or a constant, not fc1")),
     "a register never defined": (lambda t: _edit(t, "= %x {", "= %nowhere {"),
                                  lambda t: _at(t, "%nowhere", "%nowhere is read before it is defined (or after it is freed)")),
-    "a missing weight reference": (lambda t: _edit(t, "= @0\n", "= @99\n"),
+    "a missing weight reference": (lambda t: re.sub(r"= @0\b", "= @99", t, count=1),
                                    lambda t: _at(t, "@99", "@99 is not a tensor of the weights file (no .tensor line declares it)")),
     "a reference past the weights file": (lambda t: _edit(t, "at 0 size 64", "at 99999999 size 64"),
                                           lambda t: _at(t, "99999999", "@0 ends at byte 100,000,063, past the end of the weights file (608 bytes)")),
@@ -261,6 +261,8 @@ MALFORMED = {
                               lambda t: _at(t, "window=999", "window = 999 must be at least 1 and at most 256")),
     "an accumulator read before its barrier": (lambda t: re.sub(r"\nbarrier\s+8[^\n]*", "", t, count=1),
                                                lambda t: _at(t, "%fc1.V,", "%fc1.V is read before the barrier that closes its window")),
+    "a layer of the wrong mode": (lambda t: _edit(t, "layer    fc2, hybrid", "layer    fc2, spiking"),
+                                  lambda t: _at(t, "imac %fc2.U", "'imac' in layer 'fc2', whose mode is spiking")),
     "a line that does not parse": (lambda t: _edit(t, "\nend\n", "\nend = = \n"),
                                    lambda t: _at(t, "= = ", "expected a register (%name), found '='")),
 }

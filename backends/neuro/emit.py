@@ -179,7 +179,10 @@ class _Emitter:
             operands = [None if v is None else self._operand(v) for v in parts]
             register = Register(f"{weight.name}.syn")
             group = product.attributes["group"].value if "group" in product.attributes else 0
-            self.lines.append(Instruction("syn", [register], operands, {"group": group}))
+            rows, columns = (int(d) for d in weight.const_value.shape.dims)
+            self.lines.append(Instruction(
+                "syn", [register], operands, {"group": group}, comment=f"{rows * columns:,} synapses, {rows} x {columns}",
+            ))
             self.synapses[weight] = register
             # the codes, sub-scales and offsets are in the synapses now, unless another op reads them
             freed = [self.loaded.pop(v) for v in dict.fromkeys(parts) if v in self.loaded and _only_products_read(v)]
@@ -228,7 +231,9 @@ class _Emitter:
             return _immediate(tensor)
         if value not in self.loaded:
             register = _register(value)
-            self.lines.append(Instruction("load", [register], [self._stored(value.name, tensor, value)]))
+            weight = self._stored(value.name, tensor, value)
+            size = next(d.fields["tensor"].size for d in self.tensors if d.fields["tensor"].index == weight.index)
+            self.lines.append(Instruction("load", [register], [weight], comment=f"{size:,} bytes"))
             self.loaded[value] = register
         return self.loaded[value]
 

@@ -47,7 +47,8 @@ from kirin_compiler.backends.torch_ops._table import as_array, as_tensor
 from kirin_compiler.execution import Probe, report_outliers, report_spikes
 from kirin_compiler.kirin_ops import ACT_QUANT, SIGNATURES, TTFS_ENCODER, TTFS_NEURON
 
-LAYER_MODES = ("spiking", "hybrid", "integer")
+# a layer's mode and the products it holds
+LAYER_MODES = {"spiking": {"sacc"}, "hybrid": {"sacc", "imac"}, "integer": {"imac"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +294,8 @@ class _Checker:
         self.defined: set[str] = set()
         self.pending: dict[str, int] = {}  # accumulators whose window has not closed: their window
         self.layer: tuple[str, Position] | None = None
+        self.layer_mode = ""
+        self.products: set[str] = set()  # the layer's products so far
 
     def fail(self, where: Position, message: str):
         raise ListingError(self.path, where.line, where.column, message)
@@ -450,7 +453,11 @@ class _Checker:
 
     def _in_layer(self, instruction: Instruction) -> None:
         if self.layer is None:
-            self.fail(instruction.where("mnemonic"), f"'{instruction.mnemonic}' must be inside a layer (layer NAME MODE ... end)")
+            self.fail(instruction.where("mnemonic"), f"'{instruction.mnemonic}' must be inside a layer (layer NAME, MODE ... end)")
+        if instruction.mnemonic not in LAYER_MODES[self.layer_mode]:
+            self.fail(instruction.where("mnemonic"), f"'{instruction.mnemonic}' in layer '{self.layer[0]}', whose mode "
+                      f"is {self.layer_mode}")
+        self.products.add(instruction.mnemonic)
 
     def _check_layer(self, instruction: Instruction) -> None:
         name, mode = instruction.operands
@@ -458,11 +465,14 @@ class _Checker:
             self.fail(instruction.where("mnemonic"), f"layer '{self.layer[0]}' is not closed by 'end' before this one")
         if mode.text not in LAYER_MODES:
             self.fail(instruction.where("operand1"), f"layer mode '{mode.text}' is not one of {', '.join(LAYER_MODES)}")
-        self.layer = (name.text, instruction.where("mnemonic"))
+        self.layer, self.layer_mode, self.products = (name.text, instruction.where("mnemonic")), mode.text, set()
 
     def _check_end(self, instruction: Instruction) -> None:
         if self.layer is None:
             self.fail(instruction.where("mnemonic"), "'end' without a layer to close")
+        missing = LAYER_MODES[self.layer_mode] - self.products
+        if missing:
+            self.fail(self.layer[1], f"layer '{self.layer[0]}' is {self.layer_mode} but has no {' or '.join(sorted(missing))}")
         self.layer = None
 
     def _check_barrier(self, instruction: Instruction) -> None:
