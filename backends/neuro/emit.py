@@ -97,13 +97,13 @@ class _Emitter:
     def run(self, model_file: str, model_sha256: str, weights_name: str) -> tuple[Listing, bytes]:
         phase = 0
         self._barrier_comment(phase)
+        partners = set(self.schedule.partner.values())  # written with their layer's spiking product
         for node in self.schedule.order:
             if self.schedule.phase[node] != phase:
                 self._barrier(phase)
                 phase = self.schedule.phase[node]
-            if node in self.schedule.partner.values() and self._partner_of(node) is not None:
-                continue  # written with its layer's spiking product
-            self._node(node)
+            if node not in partners:
+                self._node(node)
         data = self.writer.data()
         header = [
             Directive("model", {"file": model_file, "sha256": model_sha256}),
@@ -132,9 +132,6 @@ class _Emitter:
 
     def _barrier_comment(self, phase: int) -> None:
         self.lines.append(Comment(f"phase {phase}"))
-
-    def _partner_of(self, node: ir.Node) -> ir.Node | None:
-        return next((s for s, i in self.schedule.partner.items() if i is node), None)
 
     # the nodes
 

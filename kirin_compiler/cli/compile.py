@@ -81,9 +81,8 @@ def main(argv: Sequence[str]) -> int:
     listing = args.emit == "listing"
     if listing and args.output is None:
         raise KirinError("--emit listing needs -o OUT.nl: the listing and its weights file are written there")
-    if args.passes is None:  # a .kirin input is emitted as it was compiled
-        args.passes = "" if listing and pathlib.Path(args.input).suffix == ".kirin" else DEFAULT_PIPELINE
-    passes = registry.parse_pipeline(args.passes) if args.passes else []
+    as_compiled = args.passes is None and listing and pathlib.Path(args.input).suffix == ".kirin"
+    passes = [] if as_compiled else registry.parse_pipeline(DEFAULT_PIPELINE if args.passes is None else args.passes)
     names = [p.name for p in passes]
     for name in args.print_ir_after:
         registry[name]  # an unknown name fails here, with the list of known ones
