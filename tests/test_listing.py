@@ -138,6 +138,18 @@ def test_a_kv_cache_export_runs_its_decode_steps_bit_for_bit():
     assert report.ok and report.decode_steps == 3, report.summary()
 
 
+def test_a_float_attention_runs_as_the_torch_backend_runs_it():
+    """With the attention products left in float, the torch backend runs each attention as one
+    fused call; the listing's ``attn`` does too, so the outputs stay bitwise equal."""
+    model = load_model(MODELS / "tiny_llama.onnx")
+    calibration.attach(model, calibration.Calibration([{"input_ids": np.load(MODELS / "tiny_llama_ids.npy")}], "test", progress=False))
+    compile_model(model, DEFAULT_PIPELINE.replace("quantize", "quantize{attention=false}"))
+    text = neuro.format_listing(neuro.emit(model, "tiny.kirin", "0" * 64, "tiny.nlw")[0])
+    assert len(re.findall(r"^\S+: attn ", text, re.M)) == 2  # one per layer
+    report = _check(model, length=16, vocab=256)
+    assert report.ok and report.outputs_compared > 0, report.summary()
+
+
 def test_the_interpreter_counts_what_the_snn_mode_counts():
     from kirin_compiler.accounting import CountingProbe, count_operations
 
@@ -244,7 +256,7 @@ MALFORMED = {
     "not a listing": (lambda t: "hello\n" + t, lambda t: (1, 1, "not an instruction listing: the first line must be 'kirin-listing 1'")),
     "an unknown instruction": (lambda t: _edit(t, "\nend\n", "\nfinish\n"),
                                lambda t: _at(t, "finish", "unknown instruction 'finish' (known: load, syn, enc, quant, "
-                                                         "sacc, imac, rescale, fire, host, layer, end, barrier, free)")),
+                                                         "sacc, imac, rescale, fire, attn, host, layer, end, barrier, free)")),
     "a bad operand": (lambda t: _edit(t, " {window=8}", ", @0 {window=8}"),
                       lambda t: _at(t, "sacc", "'sacc' takes 2 operands, not 3")),
     "an operand of the wrong kind": (lambda t: _edit(t, "= %fc1.in0.q,", "= fc1,"),

@@ -30,6 +30,7 @@ from kirin_compiler.backends.neuro.listing import (
     Weight,
     Word,
 )
+from kirin_compiler.backends import torch_fusion
 from kirin_compiler.backends.torch_ops import OPS
 from kirin_compiler.energy import presets, report
 from kirin_compiler.errors import KirinError, UnsupportedOpError
@@ -85,7 +86,10 @@ class _Emitter:
         self.model = model
         self.graph = model.graph
         self.windows = {n: _window(n) for n in self.graph if is_kirin(n, SPIKE_MATMUL)}
-        self.schedule = scheduling.schedule(self.graph, self.windows)
+        # float attentions run as one host operation, as the torch backend runs them
+        self.attention = torch_fusion.find_attention(self.graph)
+        self.fused = {n: last for last, match in self.attention.items() for n in match.nodes if n is not last}
+        self.schedule = scheduling.schedule(self.graph, self.windows, self.fused)
         self.energy = _energies(model)
         self.lines: list = []
         self.tensors: list[Directive] = []
@@ -102,7 +106,9 @@ class _Emitter:
             if self.schedule.phase[node] != phase:
                 self._barrier(phase)
                 phase = self.schedule.phase[node]
-            if node not in partners:
+            if node in self.attention:
+                self._attention(node, self.attention[node])
+            elif node not in partners and node not in self.fused:
                 self._node(node)
         data = self.writer.data()
         header = [
@@ -165,6 +171,14 @@ class _Emitter:
         self.lines.append(Instruction("end"))
         self._free_after(*products)
 
+    def _attention(self, node: ir.Node, match: torch_fusion.AttentionMatch) -> None:
+        """A float attention as one host operation (``attn``): the nodes of the match, from the
+        two products to the softmax between them, are not written."""
+        reads = [match.query, match.key_transposed, match.value] + ([match.mask] if match.mask is not None else [])
+        operands = [self._operand(v, inline=True) for v in reads]
+        self._instruction(node, "attn", operands, {"scale": float(match.scale), "zero_nan_rows": int(match.zero_nan_rows)})
+        self._free_after(node, reads=reads)
+
     def _synapses(self, product: ir.Node) -> Register:
         """The register of a product's right operand: for a constant weight its synapses
         (made once, from the codes and the block sub-scales and offsets)."""
@@ -198,10 +212,12 @@ class _Emitter:
             mnemonic, outputs, operands, attributes, label=node.name, op=op, comment=self.energy.get(node.name, ""),
         ))
 
-    def _free_after(self, *nodes: ir.Node) -> None:
-        """Frees the buffers ``nodes`` read last (the graph outputs stay)."""
+    def _free_after(self, *nodes: ir.Node, reads: list[ir.Value] | None = None) -> None:
+        """Frees the buffers ``nodes`` read last (the graph outputs stay); ``reads``: what they
+        read, when it is not their inputs."""
         dead = []
-        for node, value in dict.fromkeys((n, v) for n in nodes for v in n.inputs if v is not None):
+        pairs = ((n, v) for n in nodes for v in (n.inputs if reads is None else reads) if v is not None)
+        for node, value in dict.fromkeys(pairs):
             if value.is_graph_output() or self.schedule.last_use.get(value) is not node:
                 continue
             if value.const_value is not None and value.producer() is None:

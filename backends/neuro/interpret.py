@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from kirin_compiler import arithmetic as ka
-from kirin_compiler.backends import torch_backend
+from kirin_compiler.backends import torch_backend, torch_fusion
 from kirin_compiler.backends.neuro import weights as weight_file
 from kirin_compiler.backends.neuro.listing import (
     Immediate,
@@ -45,7 +45,7 @@ from kirin_compiler.backends.neuro.listing import (
 from kirin_compiler.backends.torch_ops import OPS
 from kirin_compiler.backends.torch_ops._table import as_array, as_tensor
 from kirin_compiler.execution import Probe, report_outliers, report_spikes
-from kirin_compiler.kirin_ops import ACT_QUANT, SIGNATURES, TTFS_ENCODER, TTFS_NEURON
+from kirin_compiler.kirin_ops import ACT_QUANT, SIGNATURES, TTFS_ENCODER, TTFS_NEURON, Attribute
 
 # a layer's mode and the products it holds
 LAYER_MODES = {"spiking": {"sacc"}, "hybrid": {"sacc", "imac"}, "integer": {"imac"}}
@@ -54,24 +54,34 @@ LAYER_MODES = {"spiking": {"sacc"}, "hybrid": {"sacc", "imac"}, "integer": {"ima
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """An instruction's form: how many outputs and operands, which operands must be given,
-    and the ai.kirin op whose attributes it takes (or its own attribute names)."""
+    and its attributes (those of the ai.kirin op ``signature`` names, or its own)."""
 
     outputs: tuple[int, int]
     operands: tuple[int, int]
     required: tuple[int, ...] = ()
     signature: str | None = None
-    attributes: tuple[str, ...] = ()
+    own: dict[str, Attribute] = dataclasses.field(default_factory=dict)
+
+    @property
+    def attributes(self) -> dict[str, Attribute]:
+        return SIGNATURES[self.signature].attributes if self.signature else self.own
+
+    @property
+    def operands_required(self) -> tuple[int, ...]:
+        return SIGNATURES[self.signature].required if self.signature else self.required
 
 
+_FLAG = Attribute(int, choices=(0, 1))
 SPECS = {
     "load": Spec((1, 1), (1, 1), (0,)),
-    "syn": Spec((1, 1), (1, 3), (0,), attributes=("group",)),
+    "syn": Spec((1, 1), (1, 3), (0,), own={"group": Attribute(int, required=True, low=0, high=2**31 - 1)}),
     "enc": Spec((2, 4), (1, 4), signature=TTFS_ENCODER),
     "quant": Spec((2, 4), (1, 4), signature=ACT_QUANT),
-    "sacc": Spec((1, 1), (2, 2), (0, 1), attributes=("window", "trace")),
+    "sacc": Spec((1, 1), (2, 2), (0, 1), own={"window": Attribute(int, required=True, low=1, high=256), "trace": _FLAG}),
     "imac": Spec((1, 1), (2, 2), (0, 1)),
     "rescale": Spec((1, 1), (3, 5), (0, 1, 2)),
     "fire": Spec((2, 4), (7, 9), signature=TTFS_NEURON),
+    "attn": Spec((1, 1), (3, 4), (0, 1, 2), own={"scale": Attribute(float, required=True), "zero_nan_rows": _FLAG}),
     "host": Spec((1, math.inf), (0, math.inf)),
     "layer": Spec((0, 0), (2, 2), (0, 1)),
     "end": Spec((0, 0), (0, 0)),
@@ -276,8 +286,13 @@ def _fire(probe: Probe, label: str, values: list, attributes: dict) -> list:
     return [train, out_scale, outliers, out_outlier_scale]
 
 
+def _attn(probe: Probe, label: str, values: list, attributes: dict) -> list:
+    """A float attention on the host, as one operation: ``softmax(q kT scale + mask) v``."""
+    return [torch_fusion.fused_attention(*values, scale=attributes["scale"], zero_nan_rows=bool(attributes.get("zero_nan_rows", 0)))]
+
+
 _KIRIN: dict[str, Callable] = {
-    "enc": _enc, "quant": _quant, "syn": _syn, "sacc": _sacc, "imac": _imac, "rescale": _rescale, "fire": _fire,
+    "attn": _attn, "enc": _enc, "quant": _quant, "syn": _syn, "sacc": _sacc, "imac": _imac, "rescale": _rescale, "fire": _fire,
 }
 
 
@@ -372,9 +387,8 @@ class _Checker:
     def _operand(self, instruction: Instruction, index: int, operand, spec: Spec) -> None:
         where = instruction.where(f"operand{index}")
         mnemonic = instruction.mnemonic
-        required = spec.required if spec.signature is None else SIGNATURES[spec.signature].required
         if operand is None:
-            if index in required:
+            if index in spec.operands_required:
                 self.fail(where, f"operand {index + 1} of '{mnemonic}' must be given")
             return
         if mnemonic == "load":
@@ -418,22 +432,19 @@ class _Checker:
     def _attributes(self, instruction: Instruction, spec: Spec) -> None:
         if instruction.mnemonic == "host":
             return
-        allowed = SIGNATURES[spec.signature].attributes if spec.signature else {a: None for a in spec.attributes}
+        allowed = spec.attributes
         for name, value in instruction.attributes.items():
             where = instruction.where(f"attribute:{name}")
             if name not in allowed:
                 self.fail(where, f"'{instruction.mnemonic}' has no attribute '{name}'"
                           + (f" (it takes {', '.join(allowed)})" if allowed else ""))
             rule = allowed[name]
-            if rule is None:
-                if not isinstance(value, int) or value < 0:
-                    self.fail(where, f"{name} = {value!r} must be a whole number, at least 0")
-            elif not isinstance(value, rule.kind) and not (rule.kind is float and isinstance(value, int)) or not rule.allows(value):
+            kind_ok = isinstance(value, rule.kind) or (rule.kind is float and isinstance(value, int))
+            if not kind_ok or isinstance(value, list) or not rule.allows(value):
                 self.fail(where, f"{name} = {value!r} must be {rule.describe()}")
-        if spec.signature:
-            for name, rule in SIGNATURES[spec.signature].attributes.items():
-                if rule.required and name not in instruction.attributes:
-                    self.fail(instruction.where("mnemonic"), f"'{instruction.mnemonic}' needs the attribute '{name}'")
+        for name, rule in allowed.items():
+            if rule.required and name not in instruction.attributes:
+                self.fail(instruction.where("mnemonic"), f"'{instruction.mnemonic}' needs the attribute '{name}'")
 
     def _check_host(self, instruction: Instruction) -> None:
         if instruction.op not in OPS:
@@ -445,8 +456,6 @@ class _Checker:
 
     def _check_sacc(self, instruction: Instruction) -> None:
         self._in_layer(instruction)
-        if "window" not in instruction.attributes:
-            self.fail(instruction.where("mnemonic"), "'sacc' needs the attribute 'window'")
 
     def _check_imac(self, instruction: Instruction) -> None:
         self._in_layer(instruction)

@@ -52,8 +52,11 @@ def dataflow(graph: ir.Graph) -> nx.DiGraph:
     return flow
 
 
-def schedule(graph: ir.Graph, windows: dict[ir.Node, int]) -> Schedule:
-    """The schedule of ``graph``; ``windows`` gives each spiking product's window ``T``."""
+def schedule(graph: ir.Graph, windows: dict[ir.Node, int], fused: dict[ir.Node, ir.Node] | None = None) -> Schedule:
+    """The schedule of ``graph``; ``windows`` gives each spiking product's window ``T``;
+    ``fused`` maps the nodes that run as part of another (an attention run as one operation)
+    to that node, which reads what they read."""
+    fused = fused or {}
     flow = dataflow(graph)
     index = {node: i for i, node in enumerate(graph)}
     phase: dict[ir.Node, int] = {}
@@ -73,7 +76,7 @@ def schedule(graph: ir.Graph, windows: dict[ir.Node, int]) -> Schedule:
     durations = [0] * (max((phase[n] for n in windows), default=-1) + 1)
     for node, steps in windows.items():
         durations[phase[node]] = max(durations[phase[node]], steps)
-    last_use = {value: node for node in order for value in node.inputs if value is not None}
+    last_use = {value: fused.get(node, node) for node in order for value in node.inputs if value is not None}
     return Schedule(order, phase, durations, last_use, partner)
 
 
