@@ -154,10 +154,7 @@ class Program:
 
     def constant(self, weight: Weight) -> torch.Tensor:
         t = self.tensors[weight.index]
-        array = weight_file.read(self.data, t.dtype, t.shape, t.offset, t.size)
-        if array.dtype in (ml_dtypes.int4, ml_dtypes.uint4):  # torch has no 4-bit type: codes as bytes
-            array = array.astype(np.int8 if array.dtype == ml_dtypes.int4 else np.uint8)
-        return as_tensor(array)
+        return _tensor(weight_file.read(self.data, t.dtype, t.shape, t.offset, t.size))
 
 
 def immediate(value: Immediate) -> torch.Tensor:
@@ -167,7 +164,12 @@ def immediate(value: Immediate) -> torch.Tensor:
         (t == "true") if dtype.name == "BOOL" else int(t) if dtype.is_integer() else float(t)
         for t in value.values
     ]
-    array = np.array(items, dtype=kind).reshape(value.shape or ())
+    return _tensor(np.array(items, dtype=kind).reshape(value.shape or ()))
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A constant as a tensor; 4-bit codes as bytes (torch has no 4-bit type), as the torch
+    backend gives them to its ops."""
     if array.dtype in (ml_dtypes.int4, ml_dtypes.uint4):
         array = array.astype(np.int8 if array.dtype == ml_dtypes.int4 else np.uint8)
     return as_tensor(array)
