@@ -22,6 +22,7 @@ from kirin_compiler.backends import neuro
 from kirin_compiler.backends.neuro import weights as weight_file
 from kirin_compiler.cli import main as kirinc
 from kirin_compiler.compiler import DEFAULT_PIPELINE
+from kirin_compiler.errors import KirinError
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import conftest  # noqa: E402
@@ -350,7 +351,7 @@ def test_no_module_of_the_core_imports_a_backend():
 def test_the_backends_are_found_through_the_registry():
     assert execution.backend("torch").lower.__module__ == "kirin_compiler.backends.torch_backend"
     assert execution.backend("neuro") is neuro
-    with pytest.raises(Exception, match="no backend 'tpu' is installed"):
+    with pytest.raises(KirinError, match="no backend 'tpu' is installed"):
         execution.backend("tpu")
 
 

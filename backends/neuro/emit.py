@@ -245,7 +245,7 @@ class _Emitter:
         if value not in self.loaded:
             register = _register(value)
             weight = self._stored(value.name, tensor, value)
-            size = next(d.fields["tensor"].size for d in self.tensors if d.fields["tensor"].index == weight.index)
+            size = self.tensors[weight.index].fields["tensor"].size  # tensor N is the N-th .tensor line
             self.lines.append(Instruction("load", [register], [weight], comment=f"{size:,} bytes"))
             self.loaded[value] = register
         return self.loaded[value]
